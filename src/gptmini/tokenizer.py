@@ -1,0 +1,88 @@
+"""Tokenizers: character level, or GPT-2 style BPE through tiktoken.
+
+A tokenizer is fully described by a small JSON-able *definition*, written beside
+the token files and the export, so anyone can rebuild it without this project.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
+
+
+class Tokenizer(Protocol):
+    kind: str
+    vocab_size: int
+
+    def encode(self, text: str) -> list[int]: ...
+    def decode(self, ids: Sequence[int]) -> str: ...
+    def encode_batch(self, texts: list[str]) -> list[list[int]]: ...
+    def definition(self) -> dict[str, Any]: ...
+
+
+class CharTokenizer:
+    """One token per character of a fixed, sorted vocabulary."""
+
+    kind = "char"
+
+    def __init__(self, vocab: Iterable[str]) -> None:
+        self.vocab = sorted(set(vocab))
+        if any(len(ch) != 1 for ch in self.vocab):
+            raise ValueError("a char vocabulary holds single characters")
+        self.stoi = {ch: i for i, ch in enumerate(self.vocab)}
+        self.vocab_size = len(self.vocab)
+
+    def encode(self, text: str) -> list[int]:
+        try:
+            return [self.stoi[ch] for ch in text]
+        except KeyError:
+            unknown = sorted({ch for ch in text if ch not in self.stoi})
+            raise ValueError(f"characters outside the vocabulary: {unknown!r}") from None
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [self.encode(t) for t in texts]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return "".join(self.vocab[i] for i in ids)
+
+    def definition(self) -> dict[str, Any]:
+        return {"kind": self.kind, "vocab_size": self.vocab_size, "vocab": self.vocab}
+
+
+class BpeTokenizer:
+    """A tiktoken encoding, e.g. ``gpt2``; special tokens are treated as plain text."""
+
+    kind = "bpe"
+
+    def __init__(self, encoding: str = "gpt2", num_threads: int = 2) -> None:
+        import tiktoken
+
+        self.encoding_name = encoding
+        self.enc = tiktoken.get_encoding(encoding)
+        self.vocab_size = self.enc.n_vocab
+        self.num_threads = num_threads
+
+    def encode(self, text: str) -> list[int]:
+        return self.enc.encode_ordinary(text)
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return self.enc.encode_ordinary_batch(texts, num_threads=self.num_threads)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.enc.decode(list(ids))
+
+    def definition(self) -> dict[str, Any]:
+        return {"kind": self.kind, "encoding": self.encoding_name, "vocab_size": self.vocab_size}
+
+
+def from_definition(definition: dict[str, Any]) -> CharTokenizer | BpeTokenizer:
+    kind = definition.get("kind")
+    if kind == "char":
+        return CharTokenizer(definition["vocab"])
+    if kind == "bpe":
+        tok = BpeTokenizer(definition["encoding"])
+        if tok.vocab_size != definition["vocab_size"]:
+            raise ValueError(f"tiktoken encoding {definition['encoding']!r} has {tok.vocab_size} "
+                             f"tokens, the definition says {definition['vocab_size']}")
+        return tok
+    raise ValueError(f"unknown tokenizer kind {kind!r}: must be char or bpe")

@@ -1,0 +1,148 @@
+"""MLflow tracking: where runs go, what each run is tagged with, and batched metric logging.
+
+The default store is SQLite at ``<project root>/mlflow.db``, an absolute path, so that
+``dvc exp run`` temporary workspaces log into the same store as the main checkout.
+``MLFLOW_TRACKING_URI`` overrides it (e.g. a running ``mlflow server``).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+EXPERIMENT_ENV = "MLFLOW_EXPERIMENT_NAME"
+DEFAULT_EXPERIMENT = "gptmini"
+
+
+def project_root(start: str | Path | None = None) -> Path:
+    """The nearest folder holding dvc.yaml; for a DVC temp workspace under
+    ``<root>/.dvc/tmp/exps/``, the checkout it was made from."""
+    here = Path(start or Path.cwd()).resolve()
+    root = next((p for p in [here, *here.parents] if (p / "dvc.yaml").is_file()), here)
+    parts = root.parts
+    for i in range(len(parts) - 3):
+        if parts[i:i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i])
+    return root
+
+
+def default_tracking_uri() -> str:
+    return f"sqlite:///{project_root() / 'mlflow.db'}"
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=30,
+                             cwd=Path.cwd())
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def provenance_tags() -> dict[str, str]:
+    """Git commit and dirtiness, the DVC experiment name, and library versions."""
+    import dvc
+    import mlflow
+    import tiktoken
+    import torch
+
+    tags = {
+        "git.commit": _git("rev-parse", "HEAD") or "unknown",
+        "git.dirty": str(bool(_git("status", "--porcelain", "--untracked-files=no"))).lower(),
+        "version.torch": torch.__version__,
+        "version.mlflow": mlflow.__version__,
+        "version.dvc": dvc.__version__,
+        "version.tiktoken": getattr(tiktoken, "__version__", "unknown"),
+    }
+    if os.environ.get("DVC_EXP_NAME"):
+        tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
+    return tags
+
+
+def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def _experiment_id(uri: str) -> str:
+    import mlflow
+
+    name = os.environ.get(EXPERIMENT_ENV) or DEFAULT_EXPERIMENT
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    # On the default store, artifacts go beside it (not into the cwd, which for a DVC
+    # temp workspace is deleted afterwards); a server decides for itself.
+    location = None
+    if uri == default_tracking_uri():
+        location = (project_root() / "mlartifacts").as_uri()
+    return mlflow.create_experiment(name, artifact_location=location)
+
+
+@contextmanager
+def mlflow_run(run_id: str | None = None, *, run_name: str | None = None,
+               tags: dict[str, str] | None = None) -> Iterator[Any]:
+    """Open (or reopen, by id) a run on the project's store. An exception inside
+    marks the run FAILED; a normal exit marks it FINISHED."""
+    import mlflow
+
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    if run_id is not None:
+        try:
+            mlflow.get_run(run_id)
+        except mlflow.exceptions.MlflowException:
+            run_id = None  # not in this store (e.g. another tracking URI): start a new run
+    kwargs: dict[str, Any] = {"run_id": run_id} if run_id else {
+        "experiment_id": _experiment_id(uri), "run_name": run_name}
+    with mlflow.start_run(**kwargs, tags=tags) as run:
+        yield run
+
+
+class MetricBuffer:
+    """Collects step metrics and sends them in batches: one request per flush, not per value."""
+
+    def __init__(self, run_id: str, every: int = 200) -> None:
+        from mlflow.tracking import MlflowClient
+
+        self.client, self.run_id, self.every = MlflowClient(), run_id, every
+        self.pending: list[Any] = []
+
+    def add(self, values: dict[str, float], step: int, prefix: str = "") -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.pending += [Metric(f"{prefix}{k}", float(v), now, step) for k, v in values.items()]
+        if len(self.pending) >= self.every:
+            self.flush()
+
+    def flush(self) -> None:
+        # MLflow accepts at most 1000 metrics per batch request.
+        while self.pending:
+            chunk, self.pending = self.pending[:1000], self.pending[1000:]
+            self.client.log_batch(self.run_id, metrics=chunk)
+
+
+def read_run_id(run_json: str | Path) -> str | None:
+    """The run id the train stage left, or None when there is none to reopen."""
+    import json
+
+    try:
+        return json.loads(Path(run_json).read_text())["run_id"]
+    except (FileNotFoundError, KeyError, json.JSONDecodeError):
+        return None

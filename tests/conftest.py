@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("GPTMINI_SHARED", REPO.parent / "shared"))
+REAL_CORPUS = SHARED / "data" / "tinyshakespeare.txt"
+TIKTOKEN_CACHE = SHARED / "tiktoken-cache"
+
+_WORDS = ("thou thee the king lord love night day sweet death good come hath doth what "
+          "speak fair heart and not with my your his her noble gentle sir madam").split()
+
+
+def make_corpus(n_lines: int = 800, seed: int = 0) -> str:
+    """A small Shakespeare-like text: speakers, verse lines, blank lines."""
+    rng = random.Random(seed)
+    lines = []
+    for i in range(n_lines):
+        if i % 6 == 0:
+            lines += ["", rng.choice(["ROMEO:", "JULIET:", "KING HENRY:", "First Citizen:"])]
+        words = [rng.choice(_WORDS) for _ in range(rng.randint(3, 9))]
+        lines.append(" ".join(words).capitalize() + rng.choice([",", ".", ";", "!", "?"]))
+    return "\n".join(lines).lstrip() + "\n"
+
+
+@pytest.fixture
+def tiny_corpus(tmp_path: Path) -> Path:
+    path = tmp_path / "corpus" / "input.txt"
+    path.parent.mkdir()
+    path.write_text(make_corpus(), encoding="utf-8")
+    return path
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def tiktoken_available() -> bool:
+    if os.environ.get("TIKTOKEN_CACHE_DIR") is None and TIKTOKEN_CACHE.is_dir():
+        os.environ["TIKTOKEN_CACHE_DIR"] = str(TIKTOKEN_CACHE)
+    try:
+        import tiktoken
+
+        tiktoken.get_encoding("gpt2")
+        return True
+    except Exception:
+        return False
+
+
+needs_tiktoken = pytest.mark.skipif(
+    not tiktoken_available(),
+    reason=f"tiktoken's gpt2 files are not cached: set TIKTOKEN_CACHE_DIR (looked in "
+           f"{TIKTOKEN_CACHE}) or allow network access")
+needs_real_corpus = pytest.mark.skipif(
+    not REAL_CORPUS.is_file(), reason=f"the real corpus is not at {REAL_CORPUS}")

@@ -1,0 +1,62 @@
+"""A throwaway copy of the project (a real git + DVC repo) configured to run the real
+pipeline in seconds on a tiny generated corpus."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from conftest import REPO, sha256_of
+
+TINY_PARAMS = {
+    "model": {"n_layer": 2, "n_embd": 32, "n_head": 2, "block_size": 32, "dropout": 0.0},
+    "train": {"device": "cpu", "batch_size": 8, "max_steps": 40, "warmup_steps": 5,
+              "eval_interval": 10, "eval_iters": 2, "learning_rate": 3e-3},
+    "evaluate": {"batch_size": 8, "device": "cpu"},
+}
+
+
+class PipelineProject:
+    def __init__(self, root: Path, corpus: Path) -> None:
+        self.root = root
+        for name in ("stages", "src"):
+            shutil.copytree(REPO / name, root / name,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
+        (root / ".gitignore").write_text("/data/\n/mlflow.db\n/mlartifacts/\n")
+        params = yaml.safe_load((REPO / "params.yaml").read_text())
+        params["data"]["sha256"] = sha256_of(corpus)
+        for section, values in TINY_PARAMS.items():
+            params[section].update(values)
+        self.write_params(params)
+        self.env = {**os.environ, "GPTMINI_DATA_MIRROR": str(corpus),
+                    "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+                    "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+                    "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+        for var in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "DVC_EXP_NAME"):
+            self.env.pop(var, None)
+        self.run("git", "init", "-q", "-b", "main")
+        self.run("dvc", "init", "-q")
+        self.run("git", "add", "-A")
+        self.run("git", "commit", "-q", "-m", "init")
+
+    @property
+    def params(self) -> dict:
+        return yaml.safe_load((self.root / "params.yaml").read_text())
+
+    def write_params(self, params: dict) -> None:
+        (self.root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    def run(self, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+        exe = str(Path(sys.executable).parent / "dvc") if cmd[0] == "dvc" else cmd[0]
+        proc = subprocess.run([exe, *cmd[1:]], cwd=self.root, env=self.env, text=True,
+                              capture_output=True, timeout=900)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n"
+                                 f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+        return proc

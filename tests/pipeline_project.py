@@ -52,8 +52,12 @@ class PipelineProject:
     def write_params(self, params: dict) -> None:
         (self.root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
+    @property
+    def dvc(self) -> str:
+        return str(Path(sys.executable).parent / "dvc")
+
     def run(self, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
-        exe = str(Path(sys.executable).parent / "dvc") if cmd[0] == "dvc" else cmd[0]
+        exe = {"dvc": self.dvc, "python": sys.executable}.get(cmd[0], cmd[0])
         proc = subprocess.run([exe, *cmd[1:]], cwd=self.root, env=self.env, text=True,
                               capture_output=True, timeout=900)
         if check and proc.returncode != 0:

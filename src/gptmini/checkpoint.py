@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -39,3 +40,14 @@ def model_from_checkpoint(ckpt: dict[str, Any]) -> GPT:
     model = GPT(GPTConfig(**ckpt["model_config"]))
     model.load_state_dict(ckpt["model"])
     return model.eval()
+
+
+def weights_sha256(model: torch.nn.Module) -> str:
+    """A hash of the weights alone (names, dtypes, shapes, values), independent of how a
+    file was serialised: equal hashes mean bit-identical models."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

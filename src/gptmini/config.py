@@ -89,6 +89,12 @@ class TrainConfig:
     grad_clip: float = _spec(1.0, ge=0.0)
     eval_interval: int = _spec(100, ge=1)
     eval_iters: int = _spec(20, ge=1)
+    keep_best: bool = True
+    checkpoint_interval: int = _spec(100, ge=1)
+    dtype: str = _spec("auto", choices=("auto", "float32", "bfloat16"))
+    compile: bool = False
+    processes: int = _spec(1, ge=1, le=1024)
+    threads: int = _spec(0, ge=0, le=4096)
 
     def check(self) -> None:
         if self.min_lr > self.learning_rate:

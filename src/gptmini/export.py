@@ -3,15 +3,15 @@ in one directory that torch alone can use, without this project's code."""
 
 from __future__ import annotations
 
-import hashlib
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from gptmini.atomic import atomic_dir
-from gptmini.checkpoint import load_checkpoint, model_from_checkpoint
+from gptmini.checkpoint import load_checkpoint, model_from_checkpoint, weights_sha256
 
 MODEL_FILE = "model.ts"
 TOKENIZER_FILE = "tokenizer.json"
@@ -44,17 +44,13 @@ the tokenizer's identity. The context is `model.block_size` tokens.
 """
 
 
-def sha256_bytes(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def evaluation_record(ckpt: dict[str, Any], metrics: dict[str, Any],
-                      checkpoint_sha256: str, n_params: int) -> dict[str, Any]:
+                      weights_sha256: str, n_params: int) -> dict[str, Any]:
     tokenizer = {k: v for k, v in ckpt["tokenizer"].items() if k != "vocab"}
     return {
         "metrics": metrics,
         "model": {"name": "GPT-Mini", "config": ckpt["model_config"], "parameters": n_params,
-                  "step": ckpt["step"], "checkpoint_sha256": checkpoint_sha256},
+                  "step": ckpt["step"], "weights_sha256": weights_sha256},
         "tokenizer": tokenizer,
     }
 
@@ -64,10 +60,16 @@ def export(checkpoint: str | Path, metrics_json: str | Path, out_dir: str | Path
     ckpt = load_checkpoint(checkpoint)
     model = model_from_checkpoint(ckpt)
     record = evaluation_record(ckpt, json.loads(Path(metrics_json).read_text()),
-                               sha256_bytes(checkpoint), model.num_parameters())
-    scripted = torch.jit.script(model)
+                               weights_sha256(model), model.num_parameters())
+    with warnings.catch_warnings():
+        # TorchScript is deprecated in favour of torch.export, but it is still the one
+        # format that carries methods (e.g. generation) and loads with torch alone.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        scripted = torch.jit.script(model)
     with atomic_dir(out_dir) as tmp:
-        torch.jit.save(scripted, str(tmp / MODEL_FILE))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.jit.save(scripted, str(tmp / MODEL_FILE))
         (tmp / TOKENIZER_FILE).write_text(json.dumps(ckpt["tokenizer"], indent=2) + "\n")
         (tmp / METRICS_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
         (tmp / "README.md").write_text(USAGE)

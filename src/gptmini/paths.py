@@ -17,3 +17,4 @@ TRAIN_LOG = METRICS_DIR / "train_log.csv"
 EVAL_LOG = METRICS_DIR / "eval_log.csv"
 LOSS_CURVE = METRICS_DIR / "loss_curve.png"
 EVALUATE_METRICS = METRICS_DIR / "evaluate.json"
+RESUME_DIR = Path("data/train_state")  # deliberately not a DVC output: see gptmini.resume

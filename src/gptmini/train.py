@@ -1,35 +1,92 @@
-"""The training loop: AdamW, linear warmup then cosine decay, gradient clipping,
-periodic train/val loss estimates, and a checkpoint at the end."""
+"""The training loop: AdamW, linear warmup then cosine decay, gradient clipping, mixed
+precision, periodic train/val loss estimates, optional DistributedDataParallel, and a
+resumable state that restores every random number generator, so that a run killed at
+any moment and resumed ends with the same weights, bit for bit, as one never stopped."""
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import random
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from tqdm import tqdm
 
 from gptmini.config import TrainConfig
 from gptmini.model import GPT, next_token_loss
 
 
-def pick_device(name: str) -> torch.device:
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
     """`auto` picks cuda, then mps, then cpu; any other name is used as given."""
     if name == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' was asked for but CUDA is not available")
+            name = "cuda"
+        elif torch.backends.mps.is_available():
+            name = "mps"
+        else:
+            name = "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("device 'cuda' was asked for but CUDA is not available")
+        return torch.device("cuda", local_rank)
     if name == "mps" and not torch.backends.mps.is_available():
         raise RuntimeError("device 'mps' was asked for but MPS is not available")
     return torch.device(name)
+
+
+def relaunch_with_torchrun(processes: int, script: str) -> int:
+    """Run `script` again on `processes` local processes under torchrun; its exit code."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc_per_node={processes}", script, *sys.argv[1:]]
+    return subprocess.run(cmd).returncode
+
+
+def init_distributed(device_name: str) -> tuple[Distributed, torch.device]:
+    """Join the torchrun job this process belongs to (nccl on CUDA, gloo on CPU), if any."""
+    if "LOCAL_RANK" not in os.environ:
+        return Distributed(), pick_device(device_name)
+    device = pick_device(device_name, int(os.environ["LOCAL_RANK"]))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return Distributed(dist.get_rank(), dist.get_world_size()), device
+
+
+def cpu_has_fast_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    """`auto`: bfloat16 autocast where the hardware runs it fast, else float32."""
+    if name == "float32":
+        return torch.float32
+    if name == "bfloat16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    if device.type == "cpu":
+        return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
+    return torch.float32
+
+
+def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def seed_everything(seed: int) -> None:
@@ -51,11 +108,19 @@ class BatchSampler:
     def sample(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         starts = self.rng.integers(0, len(self.tokens) - self.block_size, size=self.batch_size)
         windows = torch.from_numpy(self.tokens[starts[:, None] + self._offsets].astype(np.int64))
-        x, y = windows[:, :-1], windows[:, 1:]
         if device.type == "cuda":
-            return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(
-                device, non_blocking=True)
-        return x.to(device), y.to(device)
+            windows = windows.pin_memory().to(device, non_blocking=True)
+        else:
+            windows = windows.to(device)
+        return windows[:, :-1], windows[:, 1:]
+
+    @property
+    def state(self) -> dict[str, Any]:
+        return self.rng.bit_generator.state
+
+    @state.setter
+    def state(self, value: dict[str, Any]) -> None:
+        self.rng.bit_generator.state = value
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -78,18 +143,23 @@ def make_optimizer(model: GPT, cfg: TrainConfig, device: torch.device) -> torch.
                              fused=device.type == "cuda")
 
 
-@torch.inference_mode()
-def estimate_loss(model: GPT, samplers: dict[str, BatchSampler], iters: int,
-                  device: torch.device) -> dict[str, float]:
-    was_training = model.training
-    model.eval()
-    out = {}
-    for split, sampler in samplers.items():
-        losses = [next_token_loss(model(x), y).item()
-                  for x, y in (sampler.sample(device) for _ in range(iters))]
-        out[split] = float(np.mean(losses))
-    model.train(was_training)
-    return out
+@dataclass
+class Distributed:
+    """This process's place in a torchrun job (rank 0 of 1 when not distributed)."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def mean(self, value: float, device: torch.device) -> float:
+        if self.world_size == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=device)
+        dist.all_reduce(t)
+        return t.item() / self.world_size
 
 
 @dataclass
@@ -97,6 +167,8 @@ class TrainResult:
     steps: int
     final_train_loss: float
     final_val_loss: float
+    best_val_loss: float
+    best_step: int
     wall_seconds: float
     tokens_per_second: float
     history: list[dict[str, float]] = field(default_factory=list)
@@ -106,54 +178,171 @@ class TrainResult:
 StepLogger = Callable[[dict[str, float]], None]
 
 
+class NonFiniteLoss(FloatingPointError):
+    def __init__(self, step: int, value: float) -> None:
+        super().__init__(f"non-finite loss {value} at step {step}")
+        self.step = step
+
+
+class Trainer:
+    """Trains `model` in place; `state_dict()` / `load_state_dict()` make it resumable."""
+
+    def __init__(self, model: GPT, train_tokens: np.ndarray, val_tokens: np.ndarray,
+                 cfg: TrainConfig, device: torch.device, *, dtype: torch.dtype = torch.float32,
+                 dist_info: Distributed | None = None) -> None:
+        self.cfg, self.device, self.dtype = cfg, device, dtype
+        self.dist = dist_info or Distributed()
+        seed_everything(cfg.seed + self.dist.rank)
+        self.model = model.to(device).train()
+        if device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        self.step_model: torch.nn.Module = self.model
+        if self.dist.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.step_model = DistributedDataParallel(
+                self.model, device_ids=[device.index] if device.type == "cuda" else None)
+        if cfg.compile:
+            self.step_model = torch.compile(self.step_model)
+        block, bs, seed = model.block_size, cfg.batch_size, cfg.seed + 1000 * self.dist.rank
+        self.samplers = {"train": BatchSampler(train_tokens, block, bs, seed),
+                         "eval_train": BatchSampler(train_tokens, block, bs, seed + 1),
+                         "eval_val": BatchSampler(val_tokens, block, bs, seed + 2)}
+        self.optimizer = make_optimizer(model, cfg, device)
+        self.step = 0
+        self.history: list[dict[str, float]] = []
+        self.evals: list[dict[str, float]] = []
+        self.best_val, self.best_step = math.inf, -1
+        self.best_weights: dict[str, torch.Tensor] | None = None
+        self.elapsed = 0.0
+
+    @torch.inference_mode()
+    def estimate_loss(self) -> dict[str, float]:
+        self.model.eval()
+        out = {}
+        for split in ("train", "val"):
+            sampler = self.samplers[f"eval_{split}"]
+            losses = []
+            for _ in range(self.cfg.eval_iters):
+                x, y = sampler.sample(self.device)
+                with autocast(self.device, self.dtype):
+                    losses.append(next_token_loss(self.model(x), y).item())
+            out[split] = self.dist.mean(float(np.mean(losses)), self.device)
+        self.model.train()
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resume needs, in plain tensors and containers (weights_only-safe)."""
+        np_state = np.random.get_state()
+        return {
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "samplers": {k: s.state for k, s in self.samplers.items()},
+            "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
+                    "numpy": (np_state[0], np_state[1].tolist(), *np_state[2:]),
+                    "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else []},
+            "history": self.history,
+            "evals": self.evals,
+            "best": {"val": self.best_val, "step": self.best_step, "weights": self.best_weights},
+            "elapsed": self.elapsed,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = state["step"]
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        for k, s in state["samplers"].items():
+            self.samplers[k].state = s
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        random.setstate((rng["python"][0], tuple(rng["python"][1]), rng["python"][2]))
+        np.random.set_state((rng["numpy"][0], np.asarray(rng["numpy"][1], dtype=np.uint32),
+                             *rng["numpy"][2:]))
+        if rng["cuda"]:
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        self.history, self.evals = list(state["history"]), list(state["evals"])
+        best = state["best"]
+        self.best_val, self.best_step = best["val"], best["step"]
+        self.best_weights = best["weights"]
+        self.elapsed = state["elapsed"]
+
+    def _evaluate(self, on_eval: StepLogger | None) -> None:
+        losses = self.estimate_loss()
+        record = {"step": self.step, "train_loss": losses["train"], "val_loss": losses["val"]}
+        self.evals.append(record)
+        if self.cfg.keep_best and losses["val"] < self.best_val:
+            self.best_val, self.best_step = losses["val"], self.step
+            self.best_weights = {k: v.detach().to("cpu", copy=True)
+                                 for k, v in self.model.state_dict().items()}
+        if on_eval:
+            on_eval(record)
+
+    def run(self, *, on_step: StepLogger | None = None, on_eval: StepLogger | None = None,
+            on_checkpoint: Callable[[Trainer], None] | None = None,
+            progress: bool = True) -> TrainResult:
+        """Train from the current step to cfg.max_steps."""
+        cfg = self.cfg
+        tokens_per_step = cfg.batch_size * self.model.block_size * self.dist.world_size
+        sampler = self.samplers["train"]
+        batch = sampler.sample(self.device)
+        start_step, session_start = self.step, time.perf_counter()
+        start = session_start - self.elapsed  # the clock counts the steps before a resume too
+        bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train",
+                   disable=not (progress and self.dist.is_main))
+        while self.step < cfg.max_steps:
+            if self.step % cfg.eval_interval == 0:
+                self._evaluate(on_eval)
+            lr = lr_at(self.step, cfg)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            t0 = time.perf_counter()
+            x, y = batch
+            with autocast(self.device, self.dtype):
+                loss = next_token_loss(self.step_model(x), y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            self.optimizer.step()
+            # The resume state keeps the sampler as it is *before* the next batch is drawn.
+            next_sampler_state = sampler.state
+            if self.step + 1 < cfg.max_steps:
+                batch = sampler.sample(self.device)  # prefetch: overlaps the device's work
+            loss_value = loss.item()  # also synchronises the device, so the timing is honest
+            if not math.isfinite(loss_value):
+                raise NonFiniteLoss(self.step, loss_value)
+            row = {"step": self.step, "loss": loss_value, "lr": lr,
+                   "tokens_per_second": tokens_per_step / (time.perf_counter() - t0)}
+            self.history.append(row)
+            if on_step:
+                on_step(row)
+            bar.update()
+            bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
+            self.step += 1
+            self.elapsed = time.perf_counter() - start
+            if self.step % cfg.checkpoint_interval == 0 and self.step < cfg.max_steps \
+                    and on_checkpoint:
+                live_state = sampler.state
+                sampler.state = next_sampler_state
+                on_checkpoint(self)
+                sampler.state = live_state
+        bar.close()
+        self._evaluate(on_eval)
+        if cfg.keep_best and self.best_weights is not None and self.best_step != self.step:
+            self.model.load_state_dict(self.best_weights)
+        now = time.perf_counter()
+        return TrainResult(
+            steps=self.step, final_train_loss=self.evals[-1]["train_loss"],
+            final_val_loss=self.evals[-1]["val_loss"], best_val_loss=self.best_val,
+            best_step=self.best_step, wall_seconds=now - start,
+            tokens_per_second=(self.step - start_step) * tokens_per_step / (now - session_start),
+            history=self.history, evals=self.evals)
+
+
 def train(model: GPT, train_tokens: np.ndarray, val_tokens: np.ndarray, cfg: TrainConfig,
-          device: torch.device, *, on_step: StepLogger | None = None,
-          on_eval: StepLogger | None = None, progress: bool = True
-          ) -> tuple[TrainResult, torch.optim.Optimizer]:
-    """Train `model` in place for cfg.max_steps steps."""
-    seed_everything(cfg.seed)
-    model.to(device).train()
-    block = model.block_size
-    samplers = {"train": BatchSampler(train_tokens, block, cfg.batch_size, cfg.seed),
-                "val": BatchSampler(val_tokens, block, cfg.batch_size, cfg.seed + 1)}
-    eval_samplers = {"train": BatchSampler(train_tokens, block, cfg.batch_size, cfg.seed + 2),
-                     "val": samplers["val"]}
-    optimizer = make_optimizer(model, cfg, device)
-    result = TrainResult(0, math.nan, math.nan, 0.0, 0.0)
-    tokens_per_step = cfg.batch_size * block
-    start = time.perf_counter()
-    bar = tqdm(range(cfg.max_steps), desc="train", disable=not progress)
-    for step in bar:
-        if step % cfg.eval_interval == 0 or step == cfg.max_steps - 1:
-            losses = estimate_loss(model, eval_samplers, cfg.eval_iters, device)
-            record = {"step": step, "train_loss": losses["train"], "val_loss": losses["val"]}
-            result.evals.append(record)
-            if on_eval:
-                on_eval(record)
-        lr = lr_at(step, cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        t0 = time.perf_counter()
-        x, y = samplers["train"].sample(device)
-        loss = next_token_loss(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        loss_value = loss.item()  # also synchronises the device, so the timing is honest
-        if not math.isfinite(loss_value):
-            raise FloatingPointError(f"non-finite loss {loss_value} at step {step}")
-        dt = time.perf_counter() - t0
-        row = {"step": step, "loss": loss_value, "lr": lr,
-               "tokens_per_second": tokens_per_step / dt}
-        result.history.append(row)
-        if on_step:
-            on_step(row)
-        bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
-    result.steps = cfg.max_steps
-    result.wall_seconds = time.perf_counter() - start
-    result.tokens_per_second = cfg.max_steps * tokens_per_step / result.wall_seconds
-    result.final_train_loss = result.evals[-1]["train_loss"]
-    result.final_val_loss = result.evals[-1]["val_loss"]
-    return result, optimizer
+          device: torch.device, **run_kwargs: Any) -> tuple[TrainResult, torch.optim.Optimizer]:
+    """Train `model` in place for cfg.max_steps steps (no resume, one process)."""
+    trainer = Trainer(model, train_tokens, val_tokens, cfg, device)
+    return trainer.run(**run_kwargs), trainer.optimizer

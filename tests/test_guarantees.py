@@ -1,0 +1,154 @@
+"""Crash and resume, bit-exact reproducibility and distributed training, each on the
+real train stage of a throwaway DVC project."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import time
+
+import mlflow
+import pytest
+import torch
+
+from conftest import make_corpus
+from gptmini.checkpoint import load_checkpoint, model_from_checkpoint, weights_sha256
+from pipeline_project import PipelineProject
+
+pytestmark = pytest.mark.slow
+LONG = {"max_steps": 400, "checkpoint_interval": 25, "eval_interval": 100}
+
+
+def weights_of(project: PipelineProject) -> str:
+    return weights_sha256(model_from_checkpoint(load_checkpoint(project.root /
+                                                                "data/model/ckpt.pt")))
+
+
+def exported_record(project: PipelineProject) -> str:
+    return (project.root / "data/export/evaluation_metrics.json").read_text()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    path = tmp_path_factory.mktemp("mirror") / "input.txt"
+    path.write_text(make_corpus(1500, seed=3))
+    return path
+
+
+def make_project(tmp_path_factory, corpus, name: str, **train) -> PipelineProject:
+    project = PipelineProject(tmp_path_factory.mktemp(name), corpus)
+    params = project.params
+    params["train"].update(train)
+    project.write_params(params)
+    project.run("git", "commit", "-qam", "params", "--allow-empty")
+    return project
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, corpus):
+    project = make_project(tmp_path_factory, corpus, "reference", **LONG)
+    project.run("dvc", "repro")
+    return project
+
+
+def test_two_runs_with_the_same_params_are_identical(tmp_path_factory, corpus, reference):
+    twin = make_project(tmp_path_factory, corpus, "twin", **LONG)
+    twin.run("dvc", "repro")
+    assert weights_of(twin) == weights_of(reference)
+    assert exported_record(twin) == exported_record(reference)
+    assert (twin.root / "metrics/evaluate.json").read_text() == \
+        (reference.root / "metrics/evaluate.json").read_text()
+
+
+def test_killed_training_resumes_to_bit_identical_weights(tmp_path_factory, corpus, reference):
+    project = make_project(tmp_path_factory, corpus, "crash", **LONG)
+    project.run("dvc", "repro", "tokenize")
+    manifest = project.root / "data/train_state/manifest.json"
+    for _attempt in range(3):
+        proc = subprocess.Popen([project.dvc, "repro", "train"], cwd=project.root,
+                                env=project.env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 300
+        while not manifest.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(random.uniform(0.0, 1.5))  # a random moment after the first save
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # dvc and the training process with it
+            proc.wait()
+            break
+        proc.wait()
+        (project.root / "data/model/ckpt.pt").unlink(missing_ok=True)
+    else:
+        pytest.fail("training finished before it could be killed, three times")
+    saved_step = json.loads(manifest.read_text())["step"]
+    assert 0 < saved_step < LONG["max_steps"]
+    assert not (project.root / "data/model/ckpt.pt").exists()
+
+    rerun = project.run("dvc", "repro")
+    assert f"resuming from step {saved_step}" in rerun.stdout
+    assert weights_of(project) == weights_of(reference)
+    assert exported_record(project) == exported_record(reference)
+    assert not (project.root / "data/train_state").exists()  # cleared once done
+    # The crashed run was continued, not duplicated, and its step metrics have no repeats.
+    mlflow.set_tracking_uri(f"sqlite:///{project.root / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["gptmini"], output_format="list")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert runs[0].data.tags["resumed_from_step"] == str(saved_step)
+    history = mlflow.MlflowClient().get_metric_history(runs[0].info.run_id, "train_loss")
+    assert sorted(m.step for m in history) == list(range(LONG["max_steps"]))
+
+
+def test_changed_params_do_not_resume_a_stale_state(tmp_path_factory, corpus):
+    project = make_project(tmp_path_factory, corpus, "stale", max_steps=30,
+                           checkpoint_interval=10)
+    project.run("dvc", "repro", "tokenize")
+    state = project.root / "data/train_state"
+    state.mkdir(parents=True)
+    (state / "manifest.json").write_text(json.dumps(
+        {"step": 10, "fingerprint": "0" * 64, "world_size": 1, "run_id": None}))
+    out = project.run("dvc", "repro", "train").stdout
+    assert "saved state is for other params or data; starting over" in out
+    assert "resuming" not in out
+
+
+def test_two_processes_train_one_model_and_write_one_checkpoint(tmp_path_factory, corpus):
+    project = make_project(tmp_path_factory, corpus, "ddp", processes=2, max_steps=30)
+    project.run("dvc", "repro", "tokenize")
+    out = project.run("dvc", "repro", "train")
+    hashes = dict(re.findall(r"rank (\d)/2: weights sha256 (\w+)", out.stderr + out.stdout))
+    assert set(hashes) == {"0", "1"}, out.stderr[-3000:]
+    assert hashes["0"] == hashes["1"]  # both processes hold the same model
+    assert list((project.root / "data/model").glob("*.pt")) == [
+        project.root / "data/model/ckpt.pt"]
+    assert weights_of(project) == hashes["0"]
+    summary = json.loads((project.root / "metrics/train.json").read_text())
+    assert summary["steps"] == 30
+    lines = (project.root / "metrics/train_log.csv").read_text().splitlines()
+    assert len(lines) == 31
+    mlflow.set_tracking_uri(f"sqlite:///{project.root / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["gptmini"], output_format="list")
+    assert len(runs) == 1
+    assert runs[0].data.params["train.processes"] == "2"
+
+
+def test_a_bad_param_stops_the_stage_with_one_line_and_no_outputs(tmp_path_factory, corpus):
+    project = make_project(tmp_path_factory, corpus, "badparam")
+    project.run("dvc", "repro", "tokenize")
+    params = project.params
+    params["model"]["n_head"] = 3
+    project.write_params(params)
+    proc = project.run("python", "stages/train.py", check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "error: params.yaml: model.n_embd = 32: must be divisible by model.n_head = 3"]
+    assert not (project.root / "data/model").exists()
+    assert not (project.root / "mlflow.db").exists()
+
+
+def test_checkpoint_loads_with_weights_only(reference):
+    state = torch.load(reference.root / "data/model/ckpt.pt", weights_only=True)
+    assert state["step"] == LONG["max_steps"]

@@ -1,0 +1,113 @@
+from __future__ import annotations
+
+import math
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_corpus
+from gptmini.config import ConfigError, TrainConfig
+from gptmini.model import GPT, GPTConfig
+from gptmini.resume import ResumeStore, fingerprint
+from gptmini.tokenizer import CharTokenizer
+from gptmini.tracking import mlflow_run
+from gptmini.train import Distributed, NonFiniteLoss, Trainer, pick_dtype
+
+
+@pytest.fixture
+def tokens():
+    text = make_corpus(200)
+    tok = CharTokenizer(text)
+    ids = np.asarray(tok.encode(text), dtype=np.uint16)
+    split = int(len(ids) * 0.9)
+    return tok.vocab_size, ids[:split], ids[split:]
+
+
+def tiny_trainer(tokens, **cfg) -> Trainer:
+    vocab, train_ids, val_ids = tokens
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=vocab, block_size=16, n_layer=1, n_head=2, n_embd=16))
+    defaults = {"max_steps": 30, "warmup_steps": 2, "batch_size": 4, "eval_interval": 10,
+                "eval_iters": 2, "checkpoint_interval": 5, "dtype": "float32"}
+    return Trainer(model, train_ids, val_ids, TrainConfig(**{**defaults, **cfg}),
+                   torch.device("cpu"))
+
+
+def test_a_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_state(tokens, tmp_path):
+    trainer = tiny_trainer(tokens)
+    store = ResumeStore(tmp_path / "state", "f" * 64, Distributed())
+
+    def poison(row):
+        if row["step"] == 12:
+            with torch.no_grad():
+                trainer.model.ln_f.weight.fill_(math.nan)
+
+    with pytest.raises(NonFiniteLoss, match="non-finite loss nan at step 13") as err:
+        trainer.run(on_step=poison, on_checkpoint=lambda t: store.save(t.state_dict(), None),
+                    progress=False)
+    assert err.value.step == 13
+    state, _ = ResumeStore(tmp_path / "state", "f" * 64, Distributed()).load()
+    assert state["step"] == 10
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_resume_in_process_gives_the_same_weights(tokens, tmp_path):
+    straight = tiny_trainer(tokens)
+    straight.run(progress=False)
+    saved = {}
+    first = tiny_trainer(tokens, max_steps=30)
+
+    class Stop(Exception):
+        pass
+
+    def keep_and_stop(t):
+        saved["state"] = t.state_dict()
+        if t.step == 15:
+            raise Stop
+
+    with pytest.raises(Stop):
+        first.run(on_checkpoint=keep_and_stop, progress=False)
+    resumed = tiny_trainer(tokens)
+    resumed.load_state_dict(saved["state"])
+    resumed.run(progress=False)
+    for (name, a), (_, b) in zip(straight.model.state_dict().items(),
+                                 resumed.model.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    assert [r["loss"] for r in resumed.history] == [r["loss"] for r in straight.history]
+
+
+def test_keep_best_restores_the_weights_with_the_lowest_val_estimate(tokens):
+    trainer = tiny_trainer(tokens, learning_rate=0.5, min_lr=0.5, max_steps=40)
+    result = trainer.run(progress=False)
+    best = min(trainer.evals, key=lambda r: r["val_loss"])
+    assert result.best_val_loss == best["val_loss"] and result.best_step == best["step"]
+
+
+def test_fingerprint_follows_config_and_bytes(tmp_path):
+    f = tmp_path / "a.bin"
+    f.write_bytes(b"abc")
+    base = fingerprint({"lr": 1}, [f])
+    assert fingerprint({"lr": 1}, [f]) == base
+    assert fingerprint({"lr": 2}, [f]) != base
+    f.write_bytes(b"abd")
+    assert fingerprint({"lr": 1}, [f]) != base
+
+
+def test_dtype_choice():
+    cpu = torch.device("cpu")
+    assert pick_dtype("float32", cpu) == torch.float32
+    assert pick_dtype("bfloat16", cpu) == torch.bfloat16
+    assert pick_dtype("auto", torch.device("mps")) == torch.float32
+
+
+def test_an_error_inside_a_run_marks_it_failed(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'm.db'}")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError), mlflow_run(run_name="doomed") as run:
+        raise ConfigError("params.yaml: train.x = 1: must be 2")
+    assert mlflow.get_run(run.info.run_id).info.status == "FAILED"
+    with mlflow_run(run_name="fine") as ok:
+        pass
+    assert mlflow.get_run(ok.info.run_id).info.status == "FINISHED"

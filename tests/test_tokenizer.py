@@ -79,3 +79,14 @@ def test_prepare_bpe_streams_to_the_same_tokens_as_a_whole_file_encoding(tmp_pat
     assert train.tolist() == enc.encode(text[:boundary])
     assert counts["val"]["tokens"] == len(enc.encode(text[boundary:]))
     assert counts["train"]["chars_per_token"] > 1.5
+
+
+@needs_tiktoken
+def test_bpe_streaming_of_text_without_newlines_stays_exact(tmp_path):
+    text = make_corpus(300).replace("\n", "  ")
+    path = tmp_path / "c.txt"
+    path.write_text(text)
+    chunks = list(iter_chunks(path, 0, len(text), chunk_chars=200))
+    assert max(map(len, chunks)) < 400  # memory stays bounded without newlines too
+    enc = BpeTokenizer("gpt2")
+    assert [t for c in chunks for t in enc.encode(c)] == enc.encode(text)

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
+import numpy as np
+
 
 class Tokenizer(Protocol):
     kind: str
@@ -16,7 +18,7 @@ class Tokenizer(Protocol):
 
     def encode(self, text: str) -> list[int]: ...
     def decode(self, ids: Sequence[int]) -> str: ...
-    def encode_batch(self, texts: list[str]) -> list[list[int]]: ...
+    def encode_batch(self, texts: list[str]) -> list[Sequence[int]]: ...
     def definition(self) -> dict[str, Any]: ...
 
 
@@ -31,16 +33,23 @@ class CharTokenizer:
             raise ValueError("a char vocabulary holds single characters")
         self.stoi = {ch: i for i, ch in enumerate(self.vocab)}
         self.vocab_size = len(self.vocab)
+        # code point -> id (-1: not in the vocabulary), for vectorised encoding
+        self._table = np.full(max(map(ord, self.vocab), default=0) + 2, -1, dtype=np.int64)
+        self._table[[ord(ch) for ch in self.vocab]] = np.arange(self.vocab_size)
+
+    def encode_array(self, text: str) -> np.ndarray:
+        codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        ids = self._table[np.minimum(codes, len(self._table) - 1)]
+        if (ids < 0).any():
+            unknown = sorted({ch for ch in text if ch not in self.stoi})
+            raise ValueError(f"characters outside the vocabulary: {unknown!r}")
+        return ids
 
     def encode(self, text: str) -> list[int]:
-        try:
-            return [self.stoi[ch] for ch in text]
-        except KeyError:
-            unknown = sorted({ch for ch in text if ch not in self.stoi})
-            raise ValueError(f"characters outside the vocabulary: {unknown!r}") from None
+        return self.encode_array(text).tolist()
 
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return [self.encode(t) for t in texts]
+    def encode_batch(self, texts: list[str]) -> list[Sequence[int]]:
+        return [self.encode_array(t) for t in texts]
 
     def decode(self, ids: Sequence[int]) -> str:
         return "".join(self.vocab[i] for i in ids)
@@ -65,7 +74,7 @@ class BpeTokenizer:
     def encode(self, text: str) -> list[int]:
         return self.enc.encode_ordinary(text)
 
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+    def encode_batch(self, texts: list[str]) -> list[Sequence[int]]:
         return self.enc.encode_ordinary_batch(texts, num_threads=self.num_threads)
 
     def decode(self, ids: Sequence[int]) -> str:

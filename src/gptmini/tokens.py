@@ -38,12 +38,17 @@ def scan_corpus(path: Path) -> tuple[int, list[str]]:
 
 
 def _safe_cut(text: str) -> int:
-    """The last index where BPE pre-tokenization is sure to split too: just after a
-    newline that has a non-space character on each side. 0 when there is none."""
+    """The last index where BPE pre-tokenization is sure to split too, 0 when there is none:
+    just after a newline with a non-space character on each side, or else just before a
+    space that follows a non-space character and precedes a letter (" word" is one piece)."""
     i = len(text) - 1
     while (i := text.rfind("\n", 0, i)) > 0:
         if not text[i - 1].isspace() and i + 1 < len(text) and not text[i + 1].isspace():
             return i + 1
+    i = len(text) - 1
+    while (i := text.rfind(" ", 0, i)) > 0:
+        if not text[i - 1].isspace() and text[i + 1].isalpha():
+            return i
     return 0
 
 

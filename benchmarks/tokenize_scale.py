@@ -1,0 +1,87 @@
+"""Tokenize stage at scale: MB/s and peak memory for corpora of 10, 100 and 400 MB, for the
+char tokenizer and GPT-2 BPE. Goal: time linear in size, memory flat, >= 20 MB/s for gpt2.
+
+    python benchmarks/tokenize_scale.py [--sizes 10 100 400] [--workdir /tmp/gptmini-scale]
+
+Corpora are the real Tiny Shakespeare (GPTMINI_DATA_MIRROR / ../shared/data, or
+data/raw/input.txt) repeated to size; each case runs `gptmini.tokens.prepare` in a fresh
+process, whose peak resident memory (ru_maxrss) is reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+MB = 1_000_000
+CHILD = r"""
+import json, resource, sys, time
+from gptmini.config import TokenizerConfig
+from gptmini.tokens import prepare
+corpus, out, kind = sys.argv[1:4]
+t0 = time.perf_counter()
+counts = prepare(corpus, out, TokenizerConfig(kind=kind, encoding="gpt2"))
+wall = time.perf_counter() - t0
+print(json.dumps({"wall": wall, "peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                  "tokens": counts["train"]["tokens"] + counts["val"]["tokens"]}))
+"""
+
+
+def source_text() -> str:
+    candidates = [Path(os.environ.get("GPTMINI_DATA_MIRROR", "")) / "tinyshakespeare.txt",
+                  Path(__file__).resolve().parents[1].parent / "shared/data/tinyshakespeare.txt",
+                  Path("data/raw/input.txt")]
+    for path in candidates:
+        if path.is_file():
+            return path.read_text(encoding="utf-8")
+    sys.exit("no corpus found: set GPTMINI_DATA_MIRROR or run the download stage first")
+
+
+def make_corpus(path: Path, size_mb: int, text: str) -> None:
+    block = text.encode("utf-8")
+    with open(path, "wb") as fh:
+        written = 0
+        while written < size_mb * MB:
+            piece = block[: size_mb * MB - written]
+            fh.write(piece)
+            written += len(piece)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10, 100, 400])
+    parser.add_argument("--kinds", nargs="+", default=["char", "bpe"])
+    parser.add_argument("--workdir", default=None)
+    args = parser.parse_args()
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="gptmini-scale-"))
+    work.mkdir(parents=True, exist_ok=True)
+    text = source_text()
+    print(f"{'tokenizer':<10}{'size MB':>8}{'tokens':>14}{'seconds':>9}{'MB/s':>8}"
+          f"{'peak MiB':>10}")
+    try:
+        for size in args.sizes:
+            corpus = work / f"corpus-{size}MB.txt"
+            make_corpus(corpus, size, text)
+            for kind in args.kinds:
+                out = work / f"tokens-{kind}-{size}"
+                proc = subprocess.run([sys.executable, "-c", CHILD, str(corpus), str(out), kind],
+                                      capture_output=True, text=True, check=True)
+                r = json.loads(proc.stdout.strip().splitlines()[-1])
+                name = "gpt2" if kind == "bpe" else kind
+                print(f"{name:<10}{size:>8}{r['tokens']:>14,}{r['wall']:>9.1f}"
+                      f"{size / r['wall']:>8.1f}{r['peak_kb'] / 1024:>10.0f}", flush=True)
+                shutil.rmtree(out, ignore_errors=True)
+            corpus.unlink()
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -62,6 +62,9 @@ def main() -> None:
     work = Path(args.workdir or tempfile.mkdtemp(prefix="gptmini-scale-"))
     work.mkdir(parents=True, exist_ok=True)
     text = source_text()
+    shared_cache = Path(__file__).resolve().parents[1].parent / "shared/tiktoken-cache"
+    if "TIKTOKEN_CACHE_DIR" not in os.environ and shared_cache.is_dir():
+        os.environ["TIKTOKEN_CACHE_DIR"] = str(shared_cache)
     print(f"{'tokenizer':<10}{'size MB':>8}{'tokens':>14}{'seconds':>9}{'MB/s':>8}"
           f"{'peak MiB':>10}")
     try:
@@ -71,7 +74,9 @@ def main() -> None:
             for kind in args.kinds:
                 out = work / f"tokens-{kind}-{size}"
                 proc = subprocess.run([sys.executable, "-c", CHILD, str(corpus), str(out), kind],
-                                      capture_output=True, text=True, check=True)
+                                      capture_output=True, text=True)
+                if proc.returncode != 0:
+                    sys.exit(f"{kind} {size} MB failed:\n{proc.stderr[-2000:]}")
                 r = json.loads(proc.stdout.strip().splitlines()[-1])
                 name = "gpt2" if kind == "bpe" else kind
                 print(f"{name:<10}{size:>8}{r['tokens']:>14,}{r['wall']:>9.1f}"

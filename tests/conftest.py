@@ -12,8 +12,9 @@ SHARED = Path(os.environ.get("GPTMINI_SHARED", REPO.parent / "shared"))
 REAL_CORPUS = SHARED / "data" / "tinyshakespeare.txt"
 TIKTOKEN_CACHE = SHARED / "tiktoken-cache"
 
-_WORDS = ("thou thee the king lord love night day sweet death good come hath doth what "
-          "speak fair heart and not with my your his her noble gentle sir madam").split()
+_WORDS = ["thou", "thee", "the", "king", "lord", "love", "night", "day", "sweet", "death",
+          "good", "come", "hath", "doth", "what", "speak", "fair", "heart", "and", "not",
+          "with", "my", "your", "his", "her", "noble", "gentle", "sir", "madam"]
 
 
 def make_corpus(n_lines: int = 800, seed: int = 0) -> str:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -218,7 +218,7 @@ class GPT(nn.Module):
 
     @torch.jit.export
     def sample(self, logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
-               generator: Optional[torch.Generator]) -> torch.Tensor:  # noqa: UP045
+               generator: torch.Generator | None) -> torch.Tensor:
         """Next ids (B, 1) from logits (B, V). temperature 0 is greedy; top_k 0 and top_p 1
         switch those filters off."""
         if temperature == 0.0:
@@ -237,7 +237,7 @@ class GPT(nn.Module):
         return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)
 
     @torch.jit.export
-    def new_generator(self, seed: int) -> Optional[torch.Generator]:  # noqa: UP045
+    def new_generator(self, seed: int) -> torch.Generator | None:
         """A torch.Generator seeded with `seed`, on the model's device; None (torch's
         global generator) for a negative seed."""
         if seed < 0:
@@ -251,15 +251,14 @@ class GPT(nn.Module):
                  top_k: int = 0, top_p: float = 1.0, seed: int = -1) -> torch.Tensor:
         """max_new_tokens ids (B, max_new_tokens) sampled after the prompt ids idx (B, T)."""
         generator = self.new_generator(seed)
-        logits, cache, window = self.prefill(idx)
-        new_ids: list[torch.Tensor] = []
-        for i in range(max_new_tokens):
-            next_id = self.sample(logits, temperature, top_k, top_p, generator)
-            new_ids.append(next_id)
-            if i + 1 < max_new_tokens:
-                logits, window = self.extend(window, cache, next_id)
-        if len(new_ids) == 0:
-            return idx[:, :0]
+        new_ids: list[torch.Tensor] = [idx[:, :0]]
+        with torch.no_grad():  # callers of the export need not remember it
+            logits, cache, window = self.prefill(idx)
+            for i in range(max_new_tokens):
+                next_id = self.sample(logits, temperature, top_k, top_p, generator)
+                new_ids.append(next_id)
+                if i + 1 < max_new_tokens:
+                    logits, window = self.extend(window, cache, next_id)
         return torch.cat(new_ids, dim=1)
 
 

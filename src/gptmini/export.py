@@ -171,6 +171,13 @@ def load_export(export_dir: str | Path) -> LoadedExport:
     return LoadedExport(directory, model, tokenizer, record)
 
 
+def _size(n_bytes: int) -> str:
+    for unit, scale in (("MB", 1e6), ("kB", 1e3)):
+        if n_bytes >= scale:
+            return f"{n_bytes / scale:.1f} {unit}"
+    return f"{n_bytes} B"
+
+
 def describe(exported: LoadedExport) -> str:
     """A few lines on what the export holds, for `gptmini info`."""
     record, directory = exported.record, exported.directory
@@ -192,7 +199,7 @@ def describe(exported: LoadedExport) -> str:
     for name, what in files.items():
         path = directory / name
         if path.is_file():
-            lines.append(f"  {name:<24}{path.stat().st_size / 1e6:7.2f} MB  {what}")
+            lines.append(f"  {name:<24}{_size(path.stat().st_size):>8}  {what}")
     lines.append(f"model: {model.get('name', 'GPT')}, {config.get('n_layer')} layers, "
                  f"{config.get('n_head')} heads, embedding {config.get('n_embd')}, context "
                  f"{config.get('block_size')}, {model.get('parameters', 0):,} parameters, "

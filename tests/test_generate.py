@@ -108,6 +108,9 @@ def test_temperature_zero_is_greedy_whatever_the_seed(model):
     assert greedy == generate(model, TOK, "JULIET:", Sampling(40, temperature=0.0, seed=99))
     assert greedy == generate(model, TOK, "JULIET:", Sampling(40, top_k=1, seed=5))
     assert greedy == generate(model, TOK, "JULIET:", Sampling(40, top_p=1e-6, seed=5))
+    # A temperature near 0 is greedy too, not a division overflowing into NaN.
+    assert greedy == generate(model, TOK, "JULIET:", Sampling(40, temperature=1e-300, seed=5))
+    assert len(generate(model, TOK, "JULIET:", Sampling(40, temperature=1e300, seed=5))) == 40
 
 
 def test_top_k_and_top_p_keep_only_the_likely_tokens(model):

@@ -223,7 +223,10 @@ class GPT(nn.Module):
         switch those filters off."""
         if temperature == 0.0:
             return logits.argmax(dim=-1, keepdim=True)
-        logits = logits.float() / temperature
+        # In float64 and shifted so the largest is 0: any temperature > 0 (a float64) then
+        # divides without overflowing into inf - inf or rounding to 0.
+        logits = logits.double()
+        logits = (logits - logits.max(dim=-1, keepdim=True).values) / temperature
         if 0 < top_k < logits.size(-1):
             kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
             logits = logits.masked_fill(logits < kth, float("-inf"))

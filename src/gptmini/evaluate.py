@@ -41,8 +41,8 @@ def _windows(n: int, block: int) -> list[tuple[int, int]]:
 def _scored_windows(model: GPT, tokens: np.ndarray, batch_size: int,
                     device: torch.device | str, progress: bool
                     ) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
-    """For each batch of windows: the indices of the predicted tokens (b, t), their NLL in
-    nats and whether the most likely token was the right one."""
+    """For each batch of windows: the indices of the predicted tokens (b, t), the logits
+    (b, t, V) in float32 and the targets (b, t)."""
     if len(tokens) < 2:
         raise ValueError("need at least two tokens to evaluate")
     model.eval().to(device)
@@ -57,9 +57,7 @@ def _scored_windows(model: GPT, tokens: np.ndarray, batch_size: int,
     for index in tqdm(work, desc="evaluate", disable=not progress):
         ids = torch.from_numpy(np.asarray(tokens[index], dtype=np.int64)).to(device)
         x, y = ids[:, :-1], ids[:, 1:]
-        logits = model(x).float()
-        nll = F.cross_entropy(logits.transpose(1, 2), y, reduction="none")
-        yield index[:, 1:], nll, logits.argmax(-1) == y
+        yield index[:, 1:], model(x).float(), y
 
 
 @torch.inference_mode()
@@ -69,9 +67,11 @@ def evaluate_tokens(model: GPT, tokens: np.ndarray, n_chars: int, *, batch_size:
     """Evaluate `model` on `tokens`; `n_chars` is the number of characters spelled by
     tokens[1:] (the predicted ones)."""
     total_nll, correct = 0.0, 0
-    for _, nll, right in _scored_windows(model, tokens, batch_size, device, progress):
-        total_nll += nll.sum().item()
-        correct += int(right.sum().item())
+    for _, logits, y in _scored_windows(model, tokens, batch_size, device, progress):
+        nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1),
+                              reduction="sum")
+        total_nll += nll.item()
+        correct += int((logits.argmax(-1) == y).sum().item())
     return summarize(total_nll, correct, len(tokens) - 1, n_chars)
 
 
@@ -83,7 +83,7 @@ def token_losses(model: GPT, tokens: np.ndarray, *, batch_size: int = 32,
     `evaluate_tokens`): its NLL in nats and whether it was the most likely token."""
     nll_out = np.zeros(len(tokens), dtype=np.float64)
     right_out = np.zeros(len(tokens), dtype=bool)
-    for index, nll, right in _scored_windows(model, tokens, batch_size, device, progress):
-        nll_out[index] = nll.cpu().numpy()
-        right_out[index] = right.cpu().numpy()
+    for index, logits, y in _scored_windows(model, tokens, batch_size, device, progress):
+        nll_out[index] = F.cross_entropy(logits.transpose(1, 2), y, reduction="none").cpu()
+        right_out[index] = (logits.argmax(-1) == y).cpu()
     return nll_out[1:], right_out[1:]

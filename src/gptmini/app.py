@@ -263,8 +263,10 @@ def serve(exported: LoadedExport, host: str = "127.0.0.1", port: int = 7860,
               "app", file=sys.stderr)
     demo = build_app(exported)
     demo.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
+    # The app takes no files: uploads (which Gradio accepts by default) are capped small.
     demo.launch(server_name=host, server_port=port, show_error=False, ssr_mode=False,
-                enable_monitoring=False, mcp_server=False, footer_links=["api"])
+                enable_monitoring=False, mcp_server=False, footer_links=["api"],
+                max_file_size="1mb")
 
 
 def main(argv: list[str] | None = None) -> int:

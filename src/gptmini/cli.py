@@ -57,9 +57,12 @@ def _load(args: argparse.Namespace):
 def cmd_generate(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
+    import torch
+
     from gptmini.generate import Sampling, prepare_prompt, random_seed, stream
     from gptmini.inputs import printable
 
+    torch.set_num_threads(args.threads)
     prompt_text = sys.stdin.read() if args.prompt == "-" else args.prompt
     sampling = Sampling(max_new_tokens=args.length, temperature=args.temperature,
                         top_k=args.top_k, top_p=args.top_p, seed=args.seed, stop=args.stop)
@@ -158,7 +161,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_app(args: argparse.Namespace) -> int:
     from gptmini.app import serve
 
-    serve(_load(args), host=args.host, port=args.port)
+    serve(_load(args), host=args.host, port=args.port, threads=args.threads)
     return 0
 
 
@@ -191,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--no-echo", dest="echo", action="store_false",
                      help="print only the generated text, not the prompt before it")
     gen.add_argument("-q", "--quiet", action="store_true", help="no speed line on stderr")
+    gen.add_argument("--threads", type=_int_at_least(1), default=1, metavar="N",
+                     help="torch threads (default 1: one token at a time is too small a job "
+                          "to split)")
     _add_export_dir(gen)
     gen.set_defaults(func=cmd_generate)
 
@@ -237,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="address to bind (default 127.0.0.1; 0.0.0.0 exposes it to the "
                           "network)")
     app.add_argument("--port", type=_int_at_least(1), default=7860, help="port (default 7860)")
+    app.add_argument("--threads", type=_int_at_least(1), default=1, metavar="N",
+                     help="torch threads per request (default 1)")
     _add_export_dir(app)
     app.set_defaults(func=cmd_app)
     return parser

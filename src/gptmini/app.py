@@ -241,7 +241,7 @@ def build_app(exported: LoadedExport) -> gr.Blocks:
             score_button.click(evaluate, [text], [metrics_table, picture, metrics_json],
                                api_name="evaluate", concurrency_limit=1)
         with gr.Tab("Model", id="model"):
-            gr.Markdown(validation_markdown(exported))
+            gr.Markdown(f"{model_markdown(exported)}\n\n{validation_markdown(exported)}")
             frame = loss_frame(exported)
             if frame is None:
                 gr.Markdown("This export has no training log (`train_log.csv`, "

@@ -1,4 +1,5 @@
-"""Stage export: TorchScript model, tokenizer and evaluation_metrics.json, for torch alone."""
+"""Stage export: TorchScript and torch.export models, tokenizer, evaluation_metrics.json and
+the training logs, for torch alone."""
 
 import mlflow
 
@@ -10,7 +11,8 @@ from gptmini.tracking import mlflow_run, provenance_tags, read_run_id
 
 
 def main(params: Params) -> None:
-    export(paths.CHECKPOINT, paths.EVALUATE_METRICS, paths.EXPORT_DIR)
+    export(paths.CHECKPOINT, paths.EVALUATE_METRICS, paths.EXPORT_DIR,
+           train_log=paths.TRAIN_LOG, eval_log=paths.EVAL_LOG)
     with mlflow_run(read_run_id(paths.RUN_JSON), run_name="export", tags=provenance_tags()):
         mlflow.log_artifact(str(paths.EXPORT_DIR / METRICS_FILE))
         mlflow.log_artifacts(str(paths.EXPORT_DIR), artifact_path="export")

@@ -45,3 +45,21 @@ def test_every_token_is_predicted_once_with_its_window_context(n_tokens):
     assert got["tokens"] == n_tokens - 1
     assert got["nll"] == pytest.approx(total / (n_tokens - 1), rel=1e-6)
     assert got["accuracy"] == pytest.approx(correct / (n_tokens - 1))
+
+
+def test_token_losses_are_the_per_token_terms_of_evaluate_tokens():
+    from gptmini.evaluate import token_losses
+
+    torch.manual_seed(1)
+    model = GPT(GPTConfig(vocab_size=11, block_size=16, n_layer=1, n_head=2, n_embd=16)).eval()
+    tokens = np.random.default_rng(1).integers(0, 11, size=70).astype(np.uint16)
+    nll, right = token_losses(model, tokens, batch_size=2)
+    whole = evaluate_tokens(model, tokens, n_chars=69, batch_size=2, progress=False)
+    assert nll.shape == right.shape == (69,)
+    assert nll.sum() / 69 == pytest.approx(whole["nll"], rel=1e-6)
+    assert right.mean() == pytest.approx(whole["accuracy"])
+    # Token 20 is predicted from the window starting at 16: tokens 16..19 only.
+    with torch.no_grad():
+        logits = model(torch.from_numpy(tokens[16:20].astype(np.int64))[None])
+    assert nll[19] == pytest.approx(
+        F.cross_entropy(logits[0, -1], torch.tensor(int(tokens[20]))).item(), rel=1e-5)

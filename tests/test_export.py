@@ -8,6 +8,7 @@ import sys
 
 import torch
 
+from conftest import needs_tiktoken
 from gptmini.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from gptmini.config import TrainConfig
 from gptmini.export import export
@@ -62,3 +63,119 @@ def test_export_loads_in_a_fresh_process_and_matches_the_checkpoint(tmp_path):
     expected = model_from_checkpoint(load_checkpoint(ckpt_path))(
         torch.tensor([tok.encode(prompt)])).detach()
     assert torch.allclose(torch.load(out), expected, atol=1e-5)
+
+
+# Runs in a fresh `python -I`, with every import of this project refused.
+STANDALONE_USE = r"""
+import json, sys
+
+
+class NoProject:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "gptmini":
+            raise ImportError("this project's code must not be needed")
+
+
+sys.meta_path.insert(0, NoProject())
+import torch
+
+directory, prompt, out = sys.argv[1:4]
+program = torch.export.load(directory + "/model.pt2").module()
+scripted = torch.jit.load(directory + "/model.ts")
+tok = json.load(open(directory + "/tokenizer.json"))
+if tok["kind"] == "char":
+    stoi = {c: i for i, c in enumerate(tok["vocab"])}
+    encode = lambda s: [stoi[c] for c in s]
+    decode = lambda ids: "".join(tok["vocab"][i] for i in ids)
+else:
+    import tiktoken
+    enc = tiktoken.get_encoding(tok["encoding"])
+    encode, decode = enc.encode_ordinary, enc.decode
+ids = torch.tensor([encode(prompt)])
+window = ids[:, -scripted.block_size:]
+result = {}
+with torch.no_grad():
+    for t in (1, 2, 5, window.size(1)):
+        result[f"pt2_{t}"] = program(window[:, :t])
+        result[f"ts_{t}"] = scripted(window[:, :t])
+    result["pt2_batch"] = program(window[:, :7].repeat(3, 1))
+    result["sampled"] = scripted.generate(ids, 60, 0.9, 5, 0.95, 42)
+    result["greedy"] = scripted.generate(ids, 60, 0.0, 0, 1.0, -1)
+torch.save(result, out)
+print(decode(result["sampled"][0].tolist()))
+"""
+
+
+def run_standalone(tmp_path, export_dir, prompt: str, env: dict[str, str] | None = None):
+    script = tmp_path / "use_export.py"
+    script.write_text(STANDALONE_USE)
+    out = tmp_path / "result.pt"
+    proc = subprocess.run([sys.executable, "-I", str(script), str(export_dir), prompt, str(out)],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=180,
+                          env={"PATH": "/usr/bin:/bin", **(env or {})})
+    assert proc.returncode == 0, proc.stderr
+    return torch.load(out), proc.stdout
+
+
+def test_pt2_and_scripted_generate_in_a_fresh_process_match_the_library(tmp_path):
+    from gptmini.generate import Sampling, token_stream
+    from tiny_export import build_tiny_export
+
+    tiny = build_tiny_export(tmp_path / "tiny", block_size=24)
+    model = model_from_checkpoint(load_checkpoint(tiny.checkpoint))
+    prompt = "ROMEO:\nThou art the king, sweet lord"  # longer than the context of 24
+    result, stdout = run_standalone(tmp_path, tiny.directory, prompt)
+
+    ids = tiny.tokenizer.encode(prompt)[-24:]
+    with torch.no_grad():
+        for t in (1, 2, 5, 24):
+            expected = model(torch.tensor([ids[:t]]))
+            assert torch.allclose(result[f"pt2_{t}"], expected, atol=1e-5), t
+            assert torch.allclose(result[f"ts_{t}"], expected, atol=1e-5), t
+        batch = model(torch.tensor([ids[:7]] * 3))
+    assert torch.allclose(result["pt2_batch"], batch, atol=1e-5)
+    # Scripted generation in torch alone = the library's, token for token (60 new tokens
+    # after a full window: the cache restarts several times).
+    full_prompt = tiny.tokenizer.encode(prompt)
+    sampled = list(token_stream(model, full_prompt[-24:], Sampling(60, 0.9, 5, 0.95, seed=42)))
+    assert result["sampled"][0].tolist() == sampled
+    assert stdout.rstrip("\n") == tiny.tokenizer.decode(sampled).rstrip("\n")
+    greedy = list(token_stream(model, full_prompt[-24:], Sampling(60, temperature=0.0)))
+    assert result["greedy"][0].tolist() == greedy
+
+
+def test_export_holds_the_training_logs_and_a_readme(tmp_path):
+    from tiny_export import build_tiny_export
+
+    tiny = build_tiny_export(tmp_path / "tiny")
+    names = sorted(p.name for p in tiny.directory.iterdir())
+    assert names == ["README.md", "eval_log.csv", "evaluation_metrics.json", "model.pt2",
+                     "model.ts", "tokenizer.json", "train_log.csv"]
+    assert "model.generate(" in (tiny.directory / "README.md").read_text()
+
+
+@needs_tiktoken
+def test_bpe_export_is_usable_with_torch_and_tiktoken_alone(tmp_path):
+    import os
+
+    from gptmini.generate import Sampling, token_stream
+    from gptmini.tokenizer import BpeTokenizer
+
+    torch.manual_seed(0)
+    tok = BpeTokenizer("gpt2")
+    cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=16)
+    model = GPT(cfg).eval()
+    ckpt_path = tmp_path / "ckpt.pt"
+    save_checkpoint(ckpt_path, model, make_optimizer(model, TrainConfig(), torch.device("cpu")),
+                    cfg, TrainConfig(), {**tok.definition(), "dtype": "uint32"}, step=1)
+    metrics = tmp_path / "evaluate.json"
+    metrics.write_text(json.dumps({"bpc": 1.5}))
+    export(ckpt_path, metrics, tmp_path / "export")
+    assert json.loads((tmp_path / "export" / "tokenizer.json").read_text())["encoding"] == "gpt2"
+    prompt = "To be, or not to be, that is the question: whether 'tis nobler"
+    result, stdout = run_standalone(tmp_path, tmp_path / "export", prompt,
+                                    env={"TIKTOKEN_CACHE_DIR": os.environ["TIKTOKEN_CACHE_DIR"]})
+    ids = tok.encode(prompt)[-16:]
+    sampled = list(token_stream(model, ids, Sampling(60, 0.9, 5, 0.95, seed=42)))
+    assert result["sampled"][0].tolist() == sampled
+    assert stdout.rstrip("\n") == tok.decode(sampled).rstrip("\n")

@@ -8,6 +8,7 @@ tokens spell, so char and BPE models compare; for a char model it equals NLL / l
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -37,17 +38,15 @@ def _windows(n: int, block: int) -> list[tuple[int, int]]:
     return [(s, min(block, n - 1 - s)) for s in range(0, n - 1, block)]
 
 
-@torch.inference_mode()
-def evaluate_tokens(model: GPT, tokens: np.ndarray, n_chars: int, *, batch_size: int = 32,
-                    device: torch.device | str = "cpu", progress: bool = True
-                    ) -> dict[str, float]:
-    """Evaluate `model` on `tokens`; `n_chars` is the number of characters spelled by
-    tokens[1:] (the predicted ones)."""
+def _scored_windows(model: GPT, tokens: np.ndarray, batch_size: int,
+                    device: torch.device | str, progress: bool
+                    ) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
+    """For each batch of windows: the indices of the predicted tokens (b, t), the logits
+    (b, t, V) in float32 and the targets (b, t)."""
     if len(tokens) < 2:
         raise ValueError("need at least two tokens to evaluate")
     model.eval().to(device)
     windows = _windows(len(tokens), model.block_size)
-    total_nll, correct = 0.0, 0
     # Full windows go in batches; the one shorter tail window goes alone.
     full = [s for s, length in windows if length == model.block_size]
     tail = [(s, length) for s, length in windows if length < model.block_size]
@@ -58,9 +57,33 @@ def evaluate_tokens(model: GPT, tokens: np.ndarray, n_chars: int, *, batch_size:
     for index in tqdm(work, desc="evaluate", disable=not progress):
         ids = torch.from_numpy(np.asarray(tokens[index], dtype=np.int64)).to(device)
         x, y = ids[:, :-1], ids[:, 1:]
-        logits = model(x).float()
+        yield index[:, 1:], model(x).float(), y
+
+
+@torch.inference_mode()
+def evaluate_tokens(model: GPT, tokens: np.ndarray, n_chars: int, *, batch_size: int = 32,
+                    device: torch.device | str = "cpu", progress: bool = True
+                    ) -> dict[str, float]:
+    """Evaluate `model` on `tokens`; `n_chars` is the number of characters spelled by
+    tokens[1:] (the predicted ones)."""
+    total_nll, correct = 0.0, 0
+    for _, logits, y in _scored_windows(model, tokens, batch_size, device, progress):
         nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1),
                               reduction="sum")
         total_nll += nll.item()
         correct += int((logits.argmax(-1) == y).sum().item())
     return summarize(total_nll, correct, len(tokens) - 1, n_chars)
+
+
+@torch.inference_mode()
+def token_losses(model: GPT, tokens: np.ndarray, *, batch_size: int = 32,
+                 device: torch.device | str = "cpu", progress: bool = False
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Per predicted token (tokens[1:], in order, with the same windows as
+    `evaluate_tokens`): its NLL in nats and whether it was the most likely token."""
+    nll_out = np.zeros(len(tokens), dtype=np.float64)
+    right_out = np.zeros(len(tokens), dtype=bool)
+    for index, logits, y in _scored_windows(model, tokens, batch_size, device, progress):
+        nll_out[index] = F.cross_entropy(logits.transpose(1, 2), y, reduction="none").cpu()
+        right_out[index] = (logits.argmax(-1) == y).cpu()
+    return nll_out[1:], right_out[1:]

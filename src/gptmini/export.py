@@ -1,10 +1,17 @@
-"""The export: a TorchScript model, the tokenizer definition and the evaluation metrics,
-in one directory that torch alone can use, without this project's code."""
+"""The export: a TorchScript model (forward and KV-cache `generate`), a torch.export
+program of the forward pass, the tokenizer definition, the evaluation metrics and the
+training logs, in one directory that torch alone can use, without this project's code.
+
+`load_export` reads it back for the CLI and the app, through TorchScript and JSON only:
+nothing in it is unpickled.
+"""
 
 from __future__ import annotations
 
 import json
+import shutil
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +19,15 @@ import torch
 
 from gptmini.atomic import atomic_dir
 from gptmini.checkpoint import load_checkpoint, model_from_checkpoint, weights_sha256
+from gptmini.model import GPT
+from gptmini.tokenizer import Tokenizer, from_definition
 
 MODEL_FILE = "model.ts"
+PROGRAM_FILE = "model.pt2"
 TOKENIZER_FILE = "tokenizer.json"
 METRICS_FILE = "evaluation_metrics.json"
+TRAIN_LOG_FILE = "train_log.csv"
+EVAL_LOG_FILE = "eval_log.csv"
 
 USAGE = """\
 # GPT-Mini export
@@ -37,10 +49,24 @@ else:
 ids = torch.tensor([encode("ROMEO:")])
 next_id = model(ids)[0, -1].argmax().item()
 print(decode([next_id]))
+# Sampling with a key/value cache: ids, max_new_tokens, temperature (0: greedy),
+# top_k (0: off), top_p (1.0: off), seed (-1: random)
+new_ids = model.generate(ids, 200, 0.8, 0, 0.95, 1337)
+print(decode(new_ids[0].tolist()))
+```
+
+`model.pt2` is the forward pass as a `torch.export` program, batch and sequence length
+dynamic (1 to the context):
+
+```python
+program = torch.export.load("model.pt2")      # only from a source you trust: it may unpickle
+logits = program.module()(ids)
 ```
 
 `evaluation_metrics.json` holds the validation metrics, the model's configuration and
-the tokenizer's identity. The context is `model.block_size` tokens.
+the tokenizer's identity. The context is `model.block_size` tokens; past it, `generate`
+keeps the last 3/4 of the window and goes on. `train_log.csv` and `eval_log.csv` are the
+training and validation loss by step.
 """
 
 
@@ -55,22 +81,134 @@ def evaluation_record(ckpt: dict[str, Any], metrics: dict[str, Any],
     }
 
 
-def export(checkpoint: str | Path, metrics_json: str | Path, out_dir: str | Path) -> dict[str, Any]:
-    """Write model.ts, tokenizer.json, evaluation_metrics.json and README.md to `out_dir`."""
+def export_program(model: GPT) -> torch.export.ExportedProgram:
+    """The forward pass as a torch.export program with a dynamic batch and sequence length."""
+    seq = torch.export.Dim("seq", min=1, max=model.block_size)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    example = torch.zeros(2, max(2, min(8, model.block_size)), dtype=torch.long)
+    return torch.export.export(model, (example,), dynamic_shapes={"idx": {0: batch, 1: seq}})
+
+
+def export(checkpoint: str | Path, metrics_json: str | Path, out_dir: str | Path, *,
+           train_log: str | Path | None = None, eval_log: str | Path | None = None
+           ) -> dict[str, Any]:
+    """Write model.ts, model.pt2, tokenizer.json, evaluation_metrics.json and README.md to
+    `out_dir`, and copies of the training logs when given and present."""
     ckpt = load_checkpoint(checkpoint)
     model = model_from_checkpoint(ckpt)
     record = evaluation_record(ckpt, json.loads(Path(metrics_json).read_text()),
                                weights_sha256(model), model.num_parameters())
     with warnings.catch_warnings():
         # TorchScript is deprecated in favour of torch.export, but it is still the one
-        # format that carries methods (e.g. generation) and loads with torch alone.
+        # format that carries methods (generate) and loads with torch alone.
         warnings.simplefilter("ignore", DeprecationWarning)
         scripted = torch.jit.script(model)
+    program = export_program(model)
     with atomic_dir(out_dir) as tmp:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             torch.jit.save(scripted, str(tmp / MODEL_FILE))
+        torch.export.save(program, str(tmp / PROGRAM_FILE))
         (tmp / TOKENIZER_FILE).write_text(json.dumps(ckpt["tokenizer"], indent=2) + "\n")
         (tmp / METRICS_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
         (tmp / "README.md").write_text(USAGE)
+        for log, name in ((train_log, TRAIN_LOG_FILE), (eval_log, EVAL_LOG_FILE)):
+            if log is not None and Path(log).is_file():
+                shutil.copyfile(log, tmp / name)
     return record
+
+
+class ExportError(RuntimeError):
+    """The export directory is missing, incomplete or not usable, said in one line."""
+
+
+@dataclass
+class LoadedExport:
+    directory: Path
+    model: torch.jit.ScriptModule
+    tokenizer: Tokenizer
+    record: dict[str, Any]
+
+    @property
+    def block_size(self) -> int:
+        return int(self.model.block_size)
+
+
+def load_export(export_dir: str | Path) -> LoadedExport:
+    """The TorchScript model, tokenizer and evaluation record of an export directory."""
+    directory = Path(export_dir)
+    if not directory.is_dir():
+        raise ExportError(f"no export at {directory}/: run the pipeline (dvc repro) or "
+                          "point --export-dir at an export directory")
+    for name in (MODEL_FILE, TOKENIZER_FILE, METRICS_FILE):
+        if not (directory / name).is_file():
+            raise ExportError(f"{directory}/ has no {name}: not a complete export; run the "
+                              "export stage again (dvc repro)")
+    try:
+        model = torch.jit.load(str(directory / MODEL_FILE), map_location="cpu").eval()
+    except (RuntimeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ExportError(f"{directory / MODEL_FILE} is not a TorchScript model: {first}"
+                          ) from None
+    if not hasattr(model, "generate"):
+        raise ExportError(f"{directory / MODEL_FILE} was exported before generation was "
+                          "added: run the export stage again (dvc repro)")
+    try:
+        definition = json.loads((directory / TOKENIZER_FILE).read_text())
+        record = json.loads((directory / METRICS_FILE).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ExportError(f"{directory}/: unreadable tokenizer or metrics file: {exc}") from None
+    try:
+        tokenizer = from_definition(definition)
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise ExportError(f"{directory / TOKENIZER_FILE}: not a usable tokenizer definition: "
+                          f"{exc}") from None
+    except Exception as exc:  # tiktoken without network or a cache of its files
+        raise ExportError(f"cannot load the tiktoken encoding {definition.get('encoding')!r}: "
+                          f"{exc} (offline? set TIKTOKEN_CACHE_DIR)") from None
+    n_vocab = int(model.wte.weight.size(0))
+    if n_vocab != tokenizer.vocab_size:
+        raise ExportError(f"{directory}/: the model has {n_vocab} tokens, the tokenizer "
+                          f"{tokenizer.vocab_size}")
+    return LoadedExport(directory, model, tokenizer, record)
+
+
+def _size(n_bytes: int) -> str:
+    for unit, scale in (("MB", 1e6), ("kB", 1e3)):
+        if n_bytes >= scale:
+            return f"{n_bytes / scale:.1f} {unit}"
+    return f"{n_bytes} B"
+
+
+def describe(exported: LoadedExport) -> str:
+    """A few lines on what the export holds, for `gptmini info`."""
+    record, directory = exported.record, exported.directory
+    model, metrics = record.get("model", {}), record.get("metrics", {})
+    config = model.get("config", {})
+    tok = exported.tokenizer.definition()
+    tokenizer = (f"char, {tok['vocab_size']} characters" if tok["kind"] == "char"
+                 else f"BPE, tiktoken {tok['encoding']!r}, {tok['vocab_size']:,} tokens")
+    files = {
+        MODEL_FILE: "TorchScript: forward(ids) -> logits, generate(ids, ...) with a KV cache",
+        PROGRAM_FILE: "torch.export program of forward (dynamic batch and sequence length)",
+        TOKENIZER_FILE: f"tokenizer: {tokenizer}",
+        METRICS_FILE: "validation metrics, model configuration, checkpoint sha256",
+        TRAIN_LOG_FILE: "training loss by step",
+        EVAL_LOG_FILE: "train/validation loss estimates by step",
+        "README.md": "how to use it with torch alone",
+    }
+    lines = [f"export: {directory.resolve()}/"]
+    for name, what in files.items():
+        path = directory / name
+        if path.is_file():
+            lines.append(f"  {name:<24}{_size(path.stat().st_size):>8}  {what}")
+    lines.append(f"model: {model.get('name', 'GPT')}, {config.get('n_layer')} layers, "
+                 f"{config.get('n_head')} heads, embedding {config.get('n_embd')}, context "
+                 f"{config.get('block_size')}, {model.get('parameters', 0):,} parameters, "
+                 f"trained {model.get('step')} steps")
+    lines.append(f"checkpoint sha256: {model.get('checkpoint_sha256')}")
+    if metrics:
+        lines.append(f"validation: BPC {metrics['bpc']:.4f}, perplexity "
+                     f"{metrics['perplexity']:.4f}, accuracy {metrics['accuracy']:.4f}, NLL "
+                     f"{metrics['nll']:.4f} nats/token over {metrics['tokens']:,} tokens")
+    return "\n".join(lines)

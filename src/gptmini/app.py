@@ -1,0 +1,280 @@
+"""The GPT-Mini web app (Gradio) on an export directory.
+
+Generate: sampling settings, the text streams in as it is made, with its speed.
+Evaluate: NLL, perplexity, accuracy and BPC of pasted text, and the text coloured by how
+surprised the model was by each token. Model: evaluation_metrics.json, the parameter
+count and the training loss curve.
+
+``gptmini app`` (or ``python -m gptmini.app``) serves it on http://127.0.0.1:7860; other
+hosts only with ``--host``. Anything a user types that the model cannot take is a short
+message in the page (and for API clients), never a traceback, and the app keeps serving.
+"""
+
+from __future__ import annotations
+
+import html
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import Any
+
+import gradio as gr
+import torch
+
+from gptmini.export import EVAL_LOG_FILE, TRAIN_LOG_FILE, LoadedExport
+from gptmini.generate import Sampling, prepare_prompt, random_seed, stream
+from gptmini.inputs import InputError
+from gptmini.scoring import encode_text, surprise
+
+MAX_NEW_TOKENS = 2000       # per request, so one request cannot hold a worker for long
+MAX_PROMPT_CHARS = 100_000
+MAX_EVAL_CHARS = 10_000     # the coloured picture has one element per token
+UPDATE_SECONDS = 0.05       # how often streamed text is pushed to the page
+CONCURRENCY = 2             # requests computed at once (one torch thread each)
+QUEUE_SIZE = 256            # requests waiting beyond that; more are turned away
+
+# Surprise in bits -> background colour (pale yellow to dark red), white text from 5 bits.
+_STOPS = [(0.0, (255, 253, 231)), (2.0, (255, 224, 130)), (4.0, (255, 167, 38)),
+          (6.0, (229, 57, 53)), (8.0, (127, 0, 0))]
+
+
+def _user_error(exc: Exception) -> gr.Error:
+    # gr.Error renders its message as HTML: escape what may echo the user's input.
+    return gr.Error(html.escape(str(exc), quote=False), print_exception=False)
+
+
+def _whole(value: Any, name: str) -> int:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InputError(f"{name} = {value!r}: must be a whole number")
+    return value
+
+
+def _number(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InputError(f"{name} = {value!r}: must be a number")
+    return float(value)
+
+
+def _stats(n_chars: int, seconds: float, seed: int, notices: list[str], done: bool) -> str:
+    speed = n_chars / seconds if seconds > 0 else 0.0
+    state = "done" if done else "generating…"
+    line = (f"**{n_chars:,} characters** in {seconds:.2f} s · **{speed:,.0f} chars/s** · "
+            f"seed {seed} · {state}")
+    return "\n\n".join([line, *(f"Note: {html.escape(n)}" for n in notices)])
+
+
+def surprise_colour(bits: float) -> str:
+    bits = min(max(bits, 0.0), _STOPS[-1][0])
+    for (b0, c0), (b1, c1) in zip(_STOPS, _STOPS[1:], strict=False):
+        if bits <= b1:
+            f = (bits - b0) / (b1 - b0)
+            return "#" + "".join(f"{round(a + f * (b - a)):02x}" for a, b in zip(c0, c1,
+                                                                                  strict=True))
+    return "#7f0000"
+
+
+def _escape(text: str) -> str:
+    # Braces and dollars too: the HTML component fills a template with the value.
+    return (html.escape(text).replace("$", "&#36;").replace("{", "&#123;")
+            .replace("}", "&#125;"))
+
+
+def surprise_html(pieces: list[tuple[str, float | None]]) -> str:
+    """The text as spans coloured by each token's surprise in bits, with a legend."""
+    spans = []
+    for text, bits in pieces:
+        shown = text.replace("\n", "↵\n")
+        if bits is None:
+            spans.append(f'<span title="context">{_escape(shown)}</span>')
+            continue
+        fg = "#fff" if bits >= 5 else "#000"
+        spans.append(f'<span style="background:{surprise_colour(bits)};color:{fg}" '
+                     f'title="{_escape(repr(text))}: {bits:.2f} bits">{_escape(shown)}</span>')
+    legend = "".join(
+        f'<span style="background:{surprise_colour(b)};color:{"#fff" if b >= 5 else "#000"};'
+        f'padding:0 0.5em">{b}{"+" if b == 8 else ""}</span>' for b in range(0, 9))
+    return ('<div class="surprise">'
+            f'<div style="margin-bottom:0.5em">surprise, bits per token: {legend}</div>'
+            '<div style="font-family:ui-monospace,monospace;white-space:pre-wrap;'
+            'line-height:1.5;color:#000;background:#fff;padding:0.5em;border-radius:4px">'
+            f'{"".join(spans)}</div></div>')
+
+
+def metrics_markdown(metrics: dict[str, float]) -> str:
+    return ("| metric | value |\n|---|---|\n"
+            f"| NLL | {metrics['nll']:.4f} nats/token |\n"
+            f"| perplexity | {metrics['perplexity']:.4f} |\n"
+            f"| accuracy | {metrics['accuracy']:.4f} |\n"
+            f"| BPC | {metrics['bpc']:.4f} bits/char |\n"
+            f"| tokens predicted | {metrics['tokens']:,} |\n"
+            f"| characters | {metrics['chars']:,} |\n")
+
+
+def loss_frame(exported: LoadedExport) -> Any:
+    """The training logs as one long table (step, loss, series), or None without logs."""
+    import pandas as pd
+
+    parts = []
+    train_log = exported.directory / TRAIN_LOG_FILE
+    eval_log = exported.directory / EVAL_LOG_FILE
+    try:
+        if train_log.is_file():
+            rows = pd.read_csv(train_log)
+            parts.append(pd.DataFrame({"step": rows["step"], "loss": rows["loss"],
+                                       "series": "train (batch)"}))
+        if eval_log.is_file():
+            rows = pd.read_csv(eval_log)
+            for column, name in (("train_loss", "train (estimate)"),
+                                 ("val_loss", "validation (estimate)")):
+                parts.append(pd.DataFrame({"step": rows["step"], "loss": rows[column],
+                                           "series": name}))
+    except (KeyError, ValueError, pd.errors.ParserError):
+        return None
+    return pd.concat(parts, ignore_index=True) if parts else None
+
+
+def model_markdown(exported: LoadedExport) -> str:
+    model = exported.record.get("model", {})
+    config = model.get("config", {})
+    tok = exported.tokenizer.definition()
+    tokenizer = (f"characters ({tok['vocab_size']})" if tok["kind"] == "char"
+                 else f"BPE `{tok['encoding']}` ({tok['vocab_size']:,} tokens)")
+    return (f"**{model.get('parameters', 0):,} parameters** · {config.get('n_layer')} layers · "
+            f"{config.get('n_head')} heads · embedding {config.get('n_embd')} · context "
+            f"{config.get('block_size')} · tokenizer: {tokenizer} · trained "
+            f"{model.get('step')} steps · export `{exported.directory}`")
+
+
+def validation_markdown(exported: LoadedExport) -> str:
+    metrics = exported.record.get("metrics", {})
+    if not all(k in metrics for k in ("bpc", "perplexity", "accuracy", "nll")):
+        return "No validation metrics in this export."
+    return (f"Validation ({metrics.get('tokens', 0):,} tokens): **BPC {metrics['bpc']:.4f}** · "
+            f"perplexity {metrics['perplexity']:.4f} · accuracy {metrics['accuracy']:.4f} · "
+            f"NLL {metrics['nll']:.4f} nats/token")
+
+
+def build_app(exported: LoadedExport) -> gr.Blocks:
+    model, tokenizer = exported.model, exported.tokenizer
+    vocab_size, block_size = tokenizer.vocab_size, exported.block_size
+
+    def generate(prompt: str, temperature: float, top_k: int, top_p: float, length: int,
+                 seed: int | None) -> Iterator[tuple[str, str]]:
+        try:
+            prompt = prompt or ""
+            if len(prompt) > MAX_PROMPT_CHARS:
+                raise InputError(f"the prompt is {len(prompt):,} characters: at most "
+                                 f"{MAX_PROMPT_CHARS:,} here")
+            seed = None if seed is None or (_number(seed, "seed") < 0) else _whole(seed, "seed")
+            sampling = Sampling(max_new_tokens=_whole(length, "length"),
+                                temperature=_number(temperature, "temperature"),
+                                top_k=None if top_k is None else _whole(top_k, "top-k"),
+                                top_p=_number(top_p, "top-p"),
+                                seed=seed)
+            sampling.check(vocab_size, max_tokens=MAX_NEW_TOKENS)
+            checked = prepare_prompt(prompt, tokenizer, block_size)
+        except InputError as exc:
+            raise _user_error(exc) from None
+        if sampling.seed is None:
+            sampling = replace(sampling, seed=random_seed())
+        text, n_chars = checked.text, 0
+        start = last = time.perf_counter()
+        for piece in stream(model, tokenizer, checked, sampling):
+            text += piece
+            n_chars += len(piece)
+            now = time.perf_counter()
+            if now - last >= UPDATE_SECONDS:
+                last = now
+                yield text, _stats(n_chars, now - start, sampling.seed, checked.notices, False)
+        yield text, _stats(n_chars, time.perf_counter() - start, sampling.seed,
+                           checked.notices, True)
+
+    def evaluate(text: str) -> tuple[str, str, dict[str, float]]:
+        try:
+            text = text or ""
+            if len(text) > MAX_EVAL_CHARS:
+                raise InputError(f"the text is {len(text):,} characters: at most "
+                                 f"{MAX_EVAL_CHARS:,} here (`gptmini evaluate FILE` takes "
+                                 "any length)")
+            encoded = encode_text(text, tokenizer)
+        except InputError as exc:
+            raise _user_error(exc) from None
+        scored = surprise(model, tokenizer, encoded)
+        return metrics_markdown(scored.metrics), surprise_html(scored.pieces), scored.metrics
+
+    with gr.Blocks(title="GPT-Mini", analytics_enabled=False) as demo:
+        gr.Markdown(f"# GPT-Mini\n{model_markdown(exported)}")
+        with gr.Tab("Generate", id="generate"):
+            prompt = gr.Textbox(label="Prompt", value="ROMEO:", lines=3,
+                                max_length=MAX_PROMPT_CHARS, elem_id="prompt")
+            # Plain number fields, not sliders: out-of-range values then reach
+            # Sampling.check, whose messages name the setting and what it allows.
+            with gr.Row():
+                temperature = gr.Number(value=0.8, step=0.05, label="Temperature",
+                                        info=">= 0; 0 is greedy")
+                top_k = gr.Number(value=vocab_size, step=1, precision=0, label="Top-k",
+                                  info=f"1 to {vocab_size:,} (all)")
+                top_p = gr.Number(value=1.0, step=0.05, label="Top-p",
+                                  info="in (0, 1]; 1 is off")
+                length = gr.Number(value=500, step=50, precision=0, label="Length",
+                                   info=f"tokens, 1 to {MAX_NEW_TOKENS:,}")
+                seed = gr.Number(value=1337, precision=0, label="Seed", info="-1: random")
+            run = gr.Button("Generate", variant="primary", elem_id="generate-button")
+            output = gr.Textbox(label="Text", lines=14, max_lines=30, interactive=False,
+                                autoscroll=True, elem_id="output")
+            stats = gr.Markdown(elem_id="stats")
+            run.click(generate, [prompt, temperature, top_k, top_p, length, seed],
+                      [output, stats], api_name="generate")
+        with gr.Tab("Evaluate", id="evaluate"):
+            text = gr.Textbox(label=f"Text to evaluate (up to {MAX_EVAL_CHARS:,} characters)",
+                              lines=8, max_length=MAX_EVAL_CHARS, elem_id="eval-text",
+                              value="ROMEO:\nBut soft, what light through yonder window "
+                                    "breaks?\nIt is the east, and Juliet is the sun.\n")
+            score_button = gr.Button("Evaluate", variant="primary", elem_id="evaluate-button")
+            metrics_table = gr.Markdown(elem_id="metrics")
+            picture = gr.HTML(elem_id="surprise")
+            with gr.Accordion("metrics as JSON", open=False):
+                metrics_json = gr.JSON()
+            score_button.click(evaluate, [text], [metrics_table, picture, metrics_json],
+                               api_name="evaluate", concurrency_limit=1)
+        with gr.Tab("Model", id="model"):
+            gr.Markdown(f"{model_markdown(exported)}\n\n{validation_markdown(exported)}")
+            frame = loss_frame(exported)
+            if frame is None:
+                gr.Markdown("This export has no training log (`train_log.csv`, "
+                            "`eval_log.csv`): run the export stage again to include it.")
+            else:
+                gr.LinePlot(frame, x="step", y="loss", color="series",
+                            title="Training loss", y_title="loss (nats per token)", height=360)
+            gr.JSON(exported.record, label="evaluation_metrics.json")
+    return demo
+
+
+def serve(exported: LoadedExport, host: str = "127.0.0.1", port: int = 7860,
+          threads: int = 1) -> None:
+    """Serve the app until interrupted. One torch thread per request by default: decoding
+    one token is too small a job to split, and requests run side by side."""
+    torch.set_num_threads(threads)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: serving on {host}: anyone who can reach this machine can use the "
+              "app", file=sys.stderr)
+    demo = build_app(exported)
+    demo.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
+    # The app takes no files: uploads (which Gradio accepts by default) are capped small.
+    demo.launch(server_name=host, server_port=port, show_error=False, ssr_mode=False,
+                enable_monitoring=False, mcp_server=False, footer_links=["api"],
+                max_file_size="1mb")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from gptmini.cli import main as cli_main
+
+    return cli_main(["app", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

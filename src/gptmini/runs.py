@@ -1,0 +1,111 @@
+"""The MLflow runs of an experiment as one table: tokenizer, key params, validation
+metrics and wall time, through `mlflow.search_runs` and pandas."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+# table column -> the search_runs column it comes from (numbers are converted)
+COLUMNS = {
+    "run": "tags.mlflow.runName",
+    "started": "start_time",
+    "status": "status",
+    "tokenizer": None,  # kind, and the encoding for BPE
+    "layers": "params.model.n_layer",
+    "embd": "params.model.n_embd",
+    "heads": "params.model.n_head",
+    "context": "params.model.block_size",
+    "params": "params.model.parameters",
+    "steps": "params.train.max_steps",
+    "batch": "params.train.batch_size",
+    "lr": "params.train.learning_rate",
+    "val_bpc": "metrics.bpc",
+    "perplexity": "metrics.perplexity",
+    "accuracy": "metrics.accuracy",
+    "wall_s": None,  # training wall time, else the run's own duration
+}
+NUMERIC = ["layers", "embd", "heads", "context", "params", "steps", "batch", "lr", "val_bpc",
+           "perplexity", "accuracy", "wall_s"]
+
+
+class RunsError(RuntimeError):
+    """No store, no such experiment: said in one line."""
+
+
+def _column(frame: Any, name: str) -> Any:
+    import pandas as pd
+
+    return frame[name] if name in frame.columns else pd.Series([None] * len(frame),
+                                                               index=frame.index, dtype=object)
+
+
+def _tokenizer(frame: Any) -> Any:
+    kind = _column(frame, "params.tokenizer.kind").fillna(_column(frame, "tags.tokenizer"))
+    encoding = _column(frame, "params.tokenizer.encoding")
+    return [f"bpe:{enc}" if k == "bpe" and isinstance(enc, str) else k
+            for k, enc in zip(kind, encoding, strict=True)]
+
+
+def _wall_seconds(frame: Any) -> Any:
+    import pandas as pd
+
+    duration = (pd.to_datetime(_column(frame, "end_time"))
+                - pd.to_datetime(_column(frame, "start_time"))).dt.total_seconds()
+    return pd.to_numeric(_column(frame, "metrics.train_wall_seconds"),
+                         errors="coerce").fillna(duration)
+
+
+def check_store(tracking_uri: str) -> None:
+    """A missing SQLite file would be created empty by MLflow; say so instead."""
+    if tracking_uri.startswith("sqlite:///"):
+        path = Path(tracking_uri.removeprefix("sqlite:///"))
+        if not path.is_file():
+            raise RunsError(f"no MLflow store at {path}: run the pipeline first (dvc repro), "
+                            "or set MLFLOW_TRACKING_URI / --tracking-uri")
+
+
+def runs_table(tracking_uri: str, experiment: str, sort_by: str = "val_bpc",
+               descending: bool = False) -> Any:
+    """One row per run of `experiment`, sorted by `sort_by` (runs without it last)."""
+    import mlflow
+    import pandas as pd
+
+    if sort_by not in COLUMNS:
+        raise RunsError(f"cannot sort by {sort_by!r}: choose one of {', '.join(COLUMNS)}")
+    check_store(tracking_uri)
+    mlflow.set_tracking_uri(tracking_uri)
+    if mlflow.get_experiment_by_name(experiment) is None:
+        names = [e.name for e in mlflow.search_experiments()]
+        raise RunsError(f"no experiment {experiment!r} in {tracking_uri}; there are: "
+                        f"{', '.join(names) or 'none'}")
+    frame = mlflow.search_runs(experiment_names=[experiment], output_format="pandas")
+    table = pd.DataFrame(index=frame.index)
+    for column, source in COLUMNS.items():
+        if column == "tokenizer":
+            table[column] = _tokenizer(frame)
+        elif column == "wall_s":
+            table[column] = _wall_seconds(frame)
+        else:
+            table[column] = _column(frame, source)
+    for column in NUMERIC:
+        table[column] = pd.to_numeric(table[column], errors="coerce")
+    if len(table):
+        table["started"] = pd.to_datetime(table["started"]).dt.strftime("%Y-%m-%d %H:%M")
+    table = table.sort_values(sort_by, ascending=not descending, na_position="last",
+                              kind="stable")
+    return table.reset_index(drop=True)
+
+
+def format_table(table: Any) -> str:
+    """The table as aligned text: metrics to 4 decimals, integers as integers."""
+    if table.empty:
+        return "no runs"
+    shown = table.copy()
+    for column in ("layers", "embd", "heads", "context", "params", "steps", "batch"):
+        shown[column] = shown[column].map(lambda v: "" if v != v else f"{int(v):,}")
+    for column in ("val_bpc", "perplexity", "accuracy"):
+        shown[column] = shown[column].map(lambda v: "" if v != v else f"{v:.4f}")
+    shown["lr"] = shown["lr"].map(lambda v: "" if v != v else f"{v:g}")
+    shown["wall_s"] = shown["wall_s"].map(lambda v: "" if v != v else f"{v:.0f}")
+    return shown.fillna("").to_string(index=False)

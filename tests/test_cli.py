@@ -1,0 +1,223 @@
+"""The `gptmini` command on a tiny export: its output, and one clear line (exit status 2)
+for everything a user can get wrong, never a traceback."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import tomllib
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO
+from gptmini.cli import build_parser, main
+from gptmini.evaluate import evaluate_tokens
+from gptmini.generate import Sampling, generate
+from tiny_export import build_tiny_export
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return build_tiny_export(tmp_path_factory.mktemp("cli"))
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_generate_prints_the_prompt_then_the_text_and_the_speed(tiny, capsys):
+    code, out, err = run(capsys, "generate", "ROMEO:", "-n", "40", "--seed", "3",
+                         "--export-dir", str(tiny.directory))
+    assert code == 0
+    expected = generate(tiny.model, tiny.tokenizer, "ROMEO:", Sampling(40, seed=3))
+    assert out == "ROMEO:" + expected + "\n"
+    assert "40 chars in" in err and "chars/s; seed 3]" in err
+
+
+def test_generate_sampling_flags_reach_the_sampler(tiny, capsys, monkeypatch):
+    monkeypatch.setenv("GPTMINI_EXPORT_DIR", str(tiny.directory))
+    code, out, _ = run(capsys, "generate", "JULIET:", "-n", "60", "-t", "1.2", "--top-k", "5",
+                       "--top-p", "0.9", "--seed", "11", "--stop", "e", "--no-echo", "-q")
+    assert code == 0
+    expected = generate(tiny.model, tiny.tokenizer, "JULIET:",
+                        Sampling(60, 1.2, 5, 0.9, seed=11, stop="e"))
+    assert out == expected + "\n" and "e" not in expected
+
+
+def test_generate_reads_the_prompt_from_stdin(tiny, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("KING HENRY:\n"))
+    code, out, _ = run(capsys, "generate", "-", "-n", "5", "-t", "0", "-q",
+                       "--export-dir", str(tiny.directory))
+    assert code == 0 and out.startswith("KING HENRY:\n") and len(out) == len("KING HENRY:\n") + 6
+
+
+def test_an_empty_and_an_overlong_prompt_are_said_on_stderr(tiny, capsys):
+    code, _, err = run(capsys, "generate", "", "-n", "5", "--export-dir", str(tiny.directory))
+    assert code == 0 and "note: the prompt is empty" in err
+    code, _, err = run(capsys, "generate", "thou " * 20, "-n", "5", "--export-dir",
+                       str(tiny.directory))
+    assert code == 0 and "note: the prompt is 100 tokens long: the model sees only the last 24" \
+        in err
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["generate", "café"], "characters outside the model's vocabulary in the prompt: 'é' "
+                           "(U+00E9)"),
+    (["generate", "a\x1b[2Jb"], "control characters (or lone surrogates) are not allowed in "
+                                "the prompt: '\\x1b' (U+001B)"),
+    (["generate", "x", "-t", "-1"], "temperature = -1.0: must be a number, 0 or more"),
+    (["generate", "x", "-t", "nan"], "temperature = nan"),
+    (["generate", "x", "--top-k", "0"], "top-k = 0: must be a whole number from 1"),
+    (["generate", "x", "--top-k", "10000"], "top-k = 10000"),
+    (["generate", "x", "--top-p", "0"], "top-p = 0.0: must be in (0, 1]"),
+    (["generate", "x", "--top-p", "1.5"], "top-p = 1.5"),
+    (["generate", "x", "--seed", "-2"], "seed = -2"),
+    (["evaluate", "/no/such/file.txt"], "/no/such/file.txt: no such file"),
+])
+def test_what_a_user_gets_wrong_is_one_clear_line(tiny, capsys, argv, message):
+    code, _, err = run(capsys, *argv, "--export-dir", str(tiny.directory))
+    assert code == 2
+    assert err.startswith("error: ") and message in err
+    assert "Traceback" not in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("argv", [["generate", "x", "-n", "0"], ["generate", "x", "-n", "ten"],
+                                  ["generate", "x", "-t", "hot"], ["nope"], ["evaluate"],
+                                  ["runs", "--sort", "colour"], ["app", "--port", "-1"], []])
+def test_bad_flags_show_the_usage_and_exit_2(capsys, argv):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    assert "usage: gptmini" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [[], ["generate"], ["evaluate"], ["runs"], ["info"],
+                                     ["app"]])
+def test_help_everywhere(capsys, command):
+    with pytest.raises(SystemExit) as exit_:
+        main([*command, "--help"])
+    assert exit_.value.code == 0
+    assert "usage: gptmini" in capsys.readouterr().out
+
+
+def test_a_missing_export_is_one_line(tmp_path, capsys):
+    code, _, err = run(capsys, "generate", "x", "--export-dir", str(tmp_path / "nothing"))
+    assert code == 2 and err.startswith("error: no export at") and "dvc repro" in err
+
+
+def test_an_old_or_broken_export_is_one_line(tiny, tmp_path, capsys):
+    old = tmp_path / "old"
+    old.mkdir()
+    for name in ("tokenizer.json", "evaluation_metrics.json"):
+        (old / name).write_text((tiny.directory / name).read_text())
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(old / "model.ts"))
+    code, _, err = run(capsys, "info", "--export-dir", str(old))
+    assert code == 2 and "exported before generation was added" in err
+    (old / "model.ts").write_bytes(b"not a model")
+    code, _, err = run(capsys, "info", "--export-dir", str(old))
+    assert code == 2 and "is not a TorchScript model" in err and err.count("\n") == 1
+    (old / "tokenizer.json").unlink()
+    code, _, err = run(capsys, "info", "--export-dir", str(old))
+    assert code == 2 and "has no tokenizer.json" in err
+
+
+def test_evaluate_gives_the_evaluate_stage_metrics(tiny, tmp_path, capsys):
+    text = "ROMEO:\nThou art the king, sweet lord; what night is this?\n" * 3
+    path = tmp_path / "text.txt"
+    path.write_text(text)
+    code, out, _ = run(capsys, "evaluate", str(path), "--json", "-q",
+                       "--export-dir", str(tiny.directory))
+    assert code == 0
+    ids = np.asarray(tiny.tokenizer.encode(text))
+    expected = evaluate_tokens(tiny.model, ids, len(text) - 1, progress=False)
+    got = json.loads(out)
+    assert got == pytest.approx(expected, rel=1e-9)
+    code, out, _ = run(capsys, "evaluate", str(path), "-q", "--export-dir", str(tiny.directory))
+    assert f"BPC         {expected['bpc']:.4f} bits/char" in out
+    assert f"perplexity  {expected['perplexity']:.4f}" in out
+
+
+def test_evaluate_refuses_what_it_cannot_score(tiny, tmp_path, capsys):
+    cases = {"latin1.txt": ("caf\xe9".encode("latin-1"), "not UTF-8 text"),
+             "short.txt": (b"a", "it needs at least 2"),
+             "emoji.txt": ("ROMEO: \U0001F600".encode(), "'😀' (U+1F600)")}
+    for name, (data, message) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        code, _, err = run(capsys, "evaluate", str(tmp_path / name), "--export-dir",
+                           str(tiny.directory))
+        assert code == 2 and message in err, name
+    code, _, err = run(capsys, "evaluate", str(tmp_path), "--export-dir", str(tiny.directory))
+    assert code == 2 and "is a directory" in err
+
+
+def test_info_describes_the_export(tiny, capsys):
+    code, out, _ = run(capsys, "info", "--export-dir", str(tiny.directory))
+    assert code == 0
+    assert f"{tiny.model.num_parameters():,} parameters" in out
+    for name in ("model.ts", "model.pt2", "tokenizer.json", "evaluation_metrics.json"):
+        assert name in out
+    assert "BPC 1.5000" in out and "trained 7 steps" in out
+    code, out, _ = run(capsys, "info", "--json", "--export-dir", str(tiny.directory))
+    assert json.loads(out)["model"]["step"] == 7
+
+
+def test_runs_lists_the_mlflow_runs_sorted(tmp_path, capsys):
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.create_experiment("gptmini-test",
+                                          artifact_location=(tmp_path / "art").as_uri())
+    for name, kind, bpc, wall in (("char", "char", 2.1, 700.0), ("gpt2", "bpe", 1.9, 1500.0),
+                                  ("broken", "char", None, None)):
+        with mlflow.start_run(experiment_id=experiment, run_name=name):
+            mlflow.log_params({"tokenizer.kind": kind, "tokenizer.encoding": "gpt2",
+                               "model.n_layer": 6, "model.n_embd": 128, "model.n_head": 4,
+                               "model.block_size": 256, "model.parameters": 1230976,
+                               "train.max_steps": 1200, "train.batch_size": 32,
+                               "train.learning_rate": 0.002})
+            if bpc is not None:
+                mlflow.log_metrics({"bpc": bpc, "perplexity": 5.0, "accuracy": 0.5,
+                                    "train_wall_seconds": wall})
+    code, out, _ = run(capsys, "runs", "--tracking-uri", uri, "--experiment", "gptmini-test")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split()[:4] == ["run", "started", "status", "tokenizer"]
+    assert [line.split()[0] for line in lines[1:]] == ["gpt2", "char", "broken"]
+    assert "bpe:gpt2" in lines[1] and "1.9000" in lines[1] and "1,230,976" in lines[1]
+    code, out, _ = run(capsys, "runs", "--tracking-uri", uri, "--experiment", "gptmini-test",
+                       "--sort", "wall_s", "--descending", "--csv")
+    import pandas as pd
+
+    table = pd.read_csv(io.StringIO(out))
+    assert list(table["run"]) == ["gpt2", "char", "broken"]
+    assert list(table["wall_s"])[:2] == [1500.0, 700.0]
+    code, _, err = run(capsys, "runs", "--tracking-uri", uri, "--experiment", "nope")
+    assert code == 2 and "no experiment 'nope'" in err and "gptmini-test" in err
+
+
+def test_runs_without_a_store_says_so(tmp_path, capsys):
+    code, _, err = run(capsys, "runs", "--tracking-uri", f"sqlite:///{tmp_path / 'none.db'}")
+    assert code == 2 and "no MLflow store at" in err
+    assert not (tmp_path / "none.db").exists()
+
+
+def test_the_console_script_and_module_entry_points():
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["gptmini"] == "gptmini.cli:main"
+    proc = subprocess.run([sys.executable, "-m", "gptmini.cli", "--help"], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0 and "generate" in proc.stdout and "runs" in proc.stdout
+
+
+def test_the_app_binds_127_0_0_1_unless_told():
+    assert build_parser().parse_args(["app"]).host == "127.0.0.1"
+    assert build_parser().parse_args(["app", "--host", "0.0.0.0"]).host == "0.0.0.0"

@@ -96,8 +96,8 @@ def main(params: Params) -> None:
                     f"{paths.RESUME_DIR}/" if store.saved_step is not None
                     else "no state was saved yet")
             raise StageError(f"training stopped: {exc}; {kept}") from None
-        print(f"rank {dist_info.rank}/{dist_info.world_size}: weights sha256 "
-              f"{weights_sha256(model)}", file=sys.stderr)
+        sys.stderr.write(f"rank {dist_info.rank}/{dist_info.world_size}: weights sha256 "
+                         f"{weights_sha256(model)}\n")  # one write: ranks share stderr
         if active:
             buffer.flush()
             save_checkpoint(paths.CHECKPOINT, model, trainer.optimizer, model_config, cfg,

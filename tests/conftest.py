@@ -61,3 +61,15 @@ needs_tiktoken = pytest.mark.skipif(
            f"{TIKTOKEN_CACHE}) or allow network access")
 needs_real_corpus = pytest.mark.skipif(
     not REAL_CORPUS.is_file(), reason=f"the real corpus is not at {REAL_CORPUS}")
+
+
+@pytest.fixture
+def one_thread():
+    """Token-by-token generation is too small a job to split across threads, and split it
+    only waits on busy cores."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

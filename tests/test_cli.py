@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import subprocess
 import sys
 import tomllib
@@ -165,6 +166,7 @@ def test_info_describes_the_export(tiny, capsys):
     for name in ("model.ts", "model.pt2", "tokenizer.json", "evaluation_metrics.json"):
         assert name in out
     assert "BPC 1.5000" in out and "trained 7 steps" in out
+    assert re.search(r"weights sha256: [0-9a-f]{64}\n", out)
     code, out, _ = run(capsys, "info", "--json", "--export-dir", str(tiny.directory))
     assert json.loads(out)["model"]["step"] == 7
 

@@ -27,6 +27,14 @@ def test_char_unknown_characters_are_named():
 
 
 @needs_tiktoken
+def test_bpe_batch_encoding_equals_encode_ordinary_even_with_special_token_text():
+    tok = BpeTokenizer("gpt2")
+    texts = [make_corpus(40), "a<|endoftext|>b  \n\n c", "", "é naïve ☃"]
+    got = tok.encode_batch(texts)
+    assert [list(map(int, ids)) for ids in got] == [tok.enc.encode_ordinary(t) for t in texts]
+
+
+@needs_tiktoken
 def test_bpe_round_trip_and_definition():
     text = make_corpus(50)
     tok = BpeTokenizer("gpt2")

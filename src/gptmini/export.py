@@ -192,7 +192,7 @@ def describe(exported: LoadedExport) -> str:
         MODEL_FILE: "TorchScript: forward(ids) -> logits, generate(ids, ...) with a KV cache",
         PROGRAM_FILE: "torch.export program of forward (dynamic batch and sequence length)",
         TOKENIZER_FILE: f"tokenizer: {tokenizer}",
-        METRICS_FILE: "validation metrics, model configuration, checkpoint sha256",
+        METRICS_FILE: "validation metrics, model configuration, weights sha256",
         TRAIN_LOG_FILE: "training loss by step",
         EVAL_LOG_FILE: "train/validation loss estimates by step",
         "README.md": "how to use it with torch alone",
@@ -206,7 +206,7 @@ def describe(exported: LoadedExport) -> str:
                  f"{config.get('n_head')} heads, embedding {config.get('n_embd')}, context "
                  f"{config.get('block_size')}, {model.get('parameters', 0):,} parameters, "
                  f"trained {model.get('step')} steps")
-    lines.append(f"checkpoint sha256: {model.get('checkpoint_sha256')}")
+    lines.append(f"weights sha256: {model.get('weights_sha256')}")
     if metrics:
         lines.append(f"validation: BPC {metrics['bpc']:.4f}, perplexity "
                      f"{metrics['perplexity']:.4f}, accuracy {metrics['accuracy']:.4f}, NLL "

@@ -6,7 +6,9 @@ the token files and the export, so anyone can rebuild it without this project.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 import numpy as np
@@ -63,19 +65,26 @@ class BpeTokenizer:
 
     kind = "bpe"
 
-    def __init__(self, encoding: str = "gpt2", num_threads: int = 2) -> None:
+    def __init__(self, encoding: str = "gpt2", num_threads: int | None = None) -> None:
         import tiktoken
 
         self.encoding_name = encoding
         self.enc = tiktoken.get_encoding(encoding)
         self.vocab_size = self.enc.n_vocab
-        self.num_threads = num_threads
+        self.num_threads = num_threads or min(8, os.cpu_count() or 1)
 
     def encode(self, text: str) -> list[int]:
         return self.enc.encode_ordinary(text)
 
+    def _encode_array(self, text: str) -> np.ndarray:
+        # No special token is allowed or refused: "<|endoftext|>" is plain text, as in
+        # encode_ordinary. Straight to numpy: no Python int per token, so the threads
+        # below spend little time holding the GIL.
+        return self.enc.encode_to_numpy(text, allowed_special=set(), disallowed_special=())
+
     def encode_batch(self, texts: list[str]) -> list[Sequence[int]]:
-        return self.enc.encode_ordinary_batch(texts, num_threads=self.num_threads)
+        with ThreadPoolExecutor(self.num_threads) as pool:
+            return list(pool.map(self._encode_array, texts))
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.enc.decode(list(ids))

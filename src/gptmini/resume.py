@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 from gptmini.atomic import atomic_path, write_json
+from gptmini.download import sha256_file
 from gptmini.train import Distributed
 
 
@@ -26,9 +27,7 @@ def fingerprint(config: dict[str, Any], files: list[Path]) -> str:
     """What a resumable state must agree with: the config and the bytes it trains on."""
     digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
     for path in files:
-        with open(path, "rb") as fh:
-            while block := fh.read(1 << 20):
-                digest.update(block)
+        digest.update(sha256_file(path).encode())
     return digest.hexdigest()
 
 

@@ -7,7 +7,7 @@ script checks that before printing the ratios.
 
     python benchmarks/generate_speed.py                  # data/export: model.ts as exported
     python benchmarks/generate_speed.py --checkpoint data/model/ckpt.pt --threads 2
-    python benchmarks/generate_speed.py --random-init    # GPT-Mini's shape, no files needed
+    python benchmarks/generate_speed.py --random-init    # params.yaml's model, random weights
 
 With an export, the TorchScript row runs the exported model.ts itself and the eager rows a
 GPT rebuilt from its weights.
@@ -23,10 +23,11 @@ from pathlib import Path
 
 import torch
 
-from gptmini.checkpoint import load_checkpoint, model_from_checkpoint
-from gptmini.export import load_export
-from gptmini.model import GPT, GPTConfig
-from gptmini.tokenizer import CharTokenizer, from_definition
+from gptmini.core.config import ModelConfig, load_params
+from gptmini.data.tokenizers import CharTokenizer, from_definition
+from gptmini.model import GPT
+from gptmini.serving.export import load_export
+from gptmini.training.checkpoint import load_checkpoint, model_from_checkpoint
 
 
 def recompute_generate(model: GPT, idx: torch.Tensor, n: int, temperature: float,
@@ -60,6 +61,9 @@ def main() -> int:
                         help="time this checkpoint instead (TorchScript: torch.jit.script)")
     parser.add_argument("--random-init", action="store_true",
                         help="time a randomly initialised GPT-Mini instead of a checkpoint")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"),
+                        help="with --random-init: the model section to build (default "
+                             "params.yaml)")
     parser.add_argument("--chars", type=int, default=1000, help="tokens to generate")
     parser.add_argument("--prompt", default="ROMEO:")
     parser.add_argument("--temperature", type=float, default=0.8)
@@ -74,7 +78,8 @@ def main() -> int:
         torch.manual_seed(0)
         tokenizer = CharTokenizer("\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZ"
                                   "abcdefghijklmnopqrstuvwxyz")
-        model, source = GPT(GPTConfig(vocab_size=tokenizer.vocab_size)).eval(), "random init"
+        config = load_params(args.params).model
+        model, source = GPT(config, tokenizer.vocab_size).eval(), f"random init, {args.params}"
         scripted = torch.jit.script(model)
     elif args.checkpoint is not None:
         ckpt = load_checkpoint(args.checkpoint)
@@ -82,7 +87,9 @@ def main() -> int:
         scripted, source = torch.jit.script(model), str(args.checkpoint)
     else:
         exported = load_export(args.export_dir)  # ExportError: one line, below
-        model = GPT(GPTConfig(**exported.record["model"]["config"]))
+        config = dict(exported.record["model"]["config"])
+        vocab_size = config.pop("vocab_size", exported.tokenizer.vocab_size)
+        model = GPT(ModelConfig(**config), vocab_size)
         model.load_state_dict(exported.model.state_dict())
         model, scripted, tokenizer = model.eval(), exported.model, exported.tokenizer
         source = f"{args.export_dir}/model.ts"
@@ -123,10 +130,11 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    from gptmini.export import ExportError
+    from gptmini.core.config import ConfigError
+    from gptmini.serving.export import ExportError
 
     try:
         sys.exit(main())
-    except (ExportError, FileNotFoundError) as exc:
+    except (ConfigError, ExportError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -22,11 +22,12 @@ from pathlib import Path
 MB = 1_000_000
 CHILD = r"""
 import json, resource, sys, time
-from gptmini.config import TokenizerConfig
-from gptmini.tokens import prepare
+from gptmini.core.config import TokenizerConfig, load_params
+from gptmini.data.tokens import prepare
 corpus, out, kind = sys.argv[1:4]
+defaults = load_params("params.yaml").tokenizer.model_dump()
 t0 = time.perf_counter()
-counts = prepare(corpus, out, TokenizerConfig(kind=kind, encoding="gpt2"))
+counts = prepare(corpus, out, TokenizerConfig(**{**defaults, "kind": kind, "encoding": "gpt2"}))
 wall = time.perf_counter() - t0
 print(json.dumps({"wall": wall, "peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                   "tokens": counts["train"]["tokens"] + counts["val"]["tokens"]}))

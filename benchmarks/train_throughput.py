@@ -4,16 +4,15 @@ same model, measured in the same run, as tokens/s, model FLOPs utilisation and a
     python benchmarks/train_throughput.py                 # seed model, params.yaml sizes
     python benchmarks/train_throughput.py --loss-check 300  # also: fp32 vs bf16 loss curves
 
-The project step is `gptmini.train.Trainer` itself (autocast, batch prefetch, fused AdamW and
-TF32 on CUDA, torch.compile when train.compile is set). The reference is the textbook loop:
-stack a batch, forward in fp32, cross-entropy, backward, clip, AdamW. Both use the same
-model size, batch and context; the figure for each is the median over the timed steps.
+The project step is `gptmini.training.trainer.Trainer` itself (autocast, batch prefetch,
+fused AdamW and TF32 on CUDA, torch.compile when train.compile is set). The reference is the
+textbook loop: stack a batch, forward in fp32, cross-entropy, backward, clip, AdamW. Both use
+the same model size, batch and context; the figure for each is the median over the timed steps.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import re
 import statistics
@@ -25,9 +24,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gptmini.config import load_params
-from gptmini.model import GPT, GPTConfig
-from gptmini.train import Trainer, pick_device, pick_dtype
+from gptmini.core.config import ModelConfig, TrainConfig, load_params
+from gptmini.core.device import pick_device, pick_dtype
+from gptmini.model import GPT
+from gptmini.training.trainer import Trainer
 
 # Dense peak TFLOP/s of known accelerators, by dtype (vendor datasheets, SXM parts).
 GPU_PEAKS = {"H100": {"bfloat16": 989.0, "float32": 67.0},
@@ -35,7 +35,7 @@ GPU_PEAKS = {"H100": {"bfloat16": 989.0, "float32": 67.0},
              "A100": {"bfloat16": 312.0, "float32": 19.5}}
 
 
-def flops_per_token(cfg: GPTConfig, n_params: int) -> float:
+def flops_per_token(cfg: ModelConfig, n_params: int) -> float:
     """Training FLOPs per token (forward + backward): 6N for the weights plus the attention
     scores, 12 * layers * width * context (the PaLM / nanoGPT estimate)."""
     n = n_params - cfg.block_size * cfg.n_embd  # position embeddings do no matmul work
@@ -62,10 +62,10 @@ def peak_flops(device: torch.device, dtype: torch.dtype) -> tuple[float, str]:
 
 
 
-def reference_tokens_per_second(cfg: GPTConfig, tokens: np.ndarray, batch: int, steps: int,
-                                warmup: int, device: torch.device) -> float:
+def reference_tokens_per_second(cfg: ModelConfig, vocab: int, tokens: np.ndarray, batch: int,
+                                steps: int, warmup: int, device: torch.device) -> float:
     torch.manual_seed(0)
-    model = GPT(cfg).to(device).train()
+    model = GPT(cfg, vocab).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
     rng = np.random.default_rng(0)
     times = []
@@ -88,13 +88,16 @@ def reference_tokens_per_second(cfg: GPTConfig, tokens: np.ndarray, batch: int, 
     return batch * cfg.block_size / statistics.median(times)
 
 
-def project_run(cfg: GPTConfig, tokens: np.ndarray, train_cfg, device: torch.device,
-                dtype: torch.dtype) -> Trainer:
+def project_run(cfg: ModelConfig, vocab: int, tokens: np.ndarray, train_cfg: TrainConfig,
+                device: torch.device, dtype: torch.dtype) -> tuple[Trainer, list[float]]:
+    """The project's trainer on these tokens, and its tokens/s at each step."""
     torch.manual_seed(train_cfg.seed)
     split = int(len(tokens) * 0.9)
-    trainer = Trainer(GPT(cfg), tokens[:split], tokens[split:], train_cfg, device, dtype=dtype)
-    trainer.run(progress=False)
-    return trainer
+    trainer = Trainer(GPT(cfg, vocab), tokens[:split], tokens[split:], train_cfg, device,
+                      dtype=dtype)
+    rates: list[float] = []
+    trainer.run(progress=False, on_step=lambda row: rates.append(row["tokens_per_second"]))
+    return trainer, rates
 
 
 def main() -> None:
@@ -123,20 +126,20 @@ def main() -> None:
     tokens = (np.memmap(tokens_file, dtype=np.uint16, mode="r") if tokens_file.exists()
               else np.random.default_rng(0).integers(0, 65, size=1_000_000).astype(np.uint16))
     vocab = int(tokens.max()) + 1 if not tokens_file.exists() else 65
-    cfg = GPTConfig.from_model_config(params.model, vocab)
-    n_params = GPT(cfg).num_parameters()
+    cfg = params.model
+    n_params = GPT(cfg, vocab).num_parameters()
     fpt = flops_per_token(cfg, n_params)
 
-    bench_cfg = dataclasses.replace(tcfg, batch_size=batch, max_steps=args.warmup + args.steps,
-                                    warmup_steps=1, eval_interval=10**6, eval_iters=1,
-                                    checkpoint_interval=10**6)
+    bench_cfg = TrainConfig(**{**tcfg.model_dump(), "batch_size": batch,
+                               "max_steps": args.warmup + args.steps, "warmup_steps": 1,
+                               "eval_interval": 10**6, "eval_iters": 1,
+                               "checkpoint_interval": 10**6})
     ref_runs, proj_runs = [], []
     for _ in range(args.rounds):
-        ref_runs.append(reference_tokens_per_second(cfg, tokens, batch, args.steps, args.warmup,
-                                                    device))
-        trainer = project_run(cfg, tokens, bench_cfg, device, dtype)
-        proj_runs.append(statistics.median(r["tokens_per_second"]
-                                           for r in trainer.history[args.warmup:]))
+        ref_runs.append(reference_tokens_per_second(cfg, vocab, tokens, batch, args.steps,
+                                                    args.warmup, device))
+        _, rates = project_run(cfg, vocab, tokens, bench_cfg, device, dtype)
+        proj_runs.append(statistics.median(rates[args.warmup:]))
     ref_tps, proj_tps = statistics.median(ref_runs), statistics.median(proj_runs)
 
     ref_peak, ref_peak_text = peak_flops(device, torch.float32)
@@ -155,13 +158,14 @@ def main() -> None:
     print(f"ratio (project / reference): {proj_tps / ref_tps:.2f}x")
 
     if args.loss_check:
-        check_cfg = dataclasses.replace(tcfg, batch_size=batch, max_steps=args.loss_check,
-                                        eval_interval=max(1, args.loss_check // 4),
-                                        checkpoint_interval=10**6, keep_best=False)
+        check_cfg = TrainConfig(**{**tcfg.model_dump(), "batch_size": batch,
+                                   "max_steps": args.loss_check,
+                                   "eval_interval": max(1, args.loss_check // 4),
+                                   "checkpoint_interval": 10**6, "keep_best": False})
         print(f"\nloss check: {args.loss_check} steps from the same start on the same batches")
         curves = {}
         for d in (torch.float32, torch.bfloat16):
-            curves[d] = project_run(cfg, tokens, check_cfg, device, d).evals
+            curves[d] = project_run(cfg, vocab, tokens, check_cfg, device, d)[0].evals
         print(f"{'step':>6}{'val fp32':>11}{'val bf16':>11}{'diff':>9}")
         for a, b in zip(curves[torch.float32], curves[torch.bfloat16], strict=True):
             print(f"{a['step']:>6}{a['val_loss']:>11.4f}{b['val_loss']:>11.4f}"

@@ -1,18 +1,9 @@
-"""Stage tokenize: split the corpus 90/10 by characters and write the token files."""
+"""Stage tokenize: split the corpus 90/10 by characters and write the token files.
 
-from gptmini import paths
-from gptmini.atomic import write_json
-from gptmini.config import Params
-from gptmini.stage import run
-from gptmini.tokens import prepare
+(Named so that it does not shadow the standard library's `tokenize`.)"""
 
-
-def main(params: Params) -> None:
-    counts = prepare(paths.CORPUS, paths.TOKENS_DIR, params.tokenizer)
-    write_json(paths.TOKENIZE_METRICS, counts)
-    print(f"{params.tokenizer.kind}: vocabulary {counts['vocab_size']}, "
-          f"train {counts['train']['tokens']:,} tokens, val {counts['val']['tokens']:,} tokens")
-
+from gptmini.core.stage import run
+from gptmini.data.tokens import tokenize
 
 if __name__ == "__main__":
-    run(main)
+    run(tokenize)

@@ -6,6 +6,14 @@ import random
 from pathlib import Path
 
 import pytest
+import yaml
+
+from gptmini.core.env import resolve_path_variables
+
+# The test session is an entry point like the CLI: relative path variables (the README's
+# `export TIKTOKEN_CACHE_DIR=../shared/tiktoken-cache`) become absolute here, so the
+# subprocesses that tests start in temporary directories inherit paths that still work.
+resolve_path_variables()
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("GPTMINI_SHARED", REPO.parent / "shared"))
@@ -17,6 +25,32 @@ _WORDS = (
     "come", "hath", "doth", "what", "speak", "fair", "heart", "and", "not", "with", "my",
     "your", "his", "her", "noble", "gentle", "sir", "madam",
 )
+
+
+def default_params() -> dict:
+    """params.yaml as plain data: the single source of every default."""
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def model_config(**overrides):
+    """The `model` section of params.yaml with `overrides`, validated."""
+    from gptmini.core.config import ModelConfig
+
+    return ModelConfig(**{**default_params()["model"], **overrides})
+
+
+def train_config(**overrides):
+    """The `train` section of params.yaml with `overrides`, validated."""
+    from gptmini.core.config import TrainConfig
+
+    return TrainConfig(**{**default_params()["train"], **overrides})
+
+
+def tokenizer_config(**overrides):
+    """The `tokenizer` section of params.yaml with `overrides`, validated."""
+    from gptmini.core.config import TokenizerConfig
+
+    return TokenizerConfig(**{**default_params()["tokenizer"], **overrides})
 
 
 def make_corpus(n_lines: int = 800, seed: int = 0) -> str:

@@ -34,7 +34,9 @@ class PipelineProject:
         for section, values in TINY_PARAMS.items():
             params[section].update(values)
         self.write_params(params)
+        # PYTHONPATH: the stages run this copy's src/, the code its dvc.yaml hashes.
         self.env = {**os.environ, "GPTMINI_DATA_MIRROR": str(corpus),
+                    "PYTHONPATH": str(root / "src"),
                     "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
                     "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
                     "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}

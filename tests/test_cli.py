@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import subprocess
 import sys
@@ -15,10 +16,11 @@ import pytest
 import torch
 
 from conftest import REPO
-from gptmini.cli import build_parser, main
-from gptmini.evaluate import evaluate_tokens
-from gptmini.generate import Sampling, generate
-from tiny_export import build_tiny_export
+from gptmini.evaluation.metrics import evaluate_tokens
+from gptmini.report import describe_model, metrics_line, metrics_text
+from gptmini.serving.cli import build_parser, main
+from gptmini.serving.generation import Sampling
+from tiny_export import build_tiny_export, generated
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -38,7 +40,7 @@ def test_generate_prints_the_prompt_then_the_text_and_the_speed(tiny, capsys):
     code, out, err = run(capsys, "generate", "ROMEO:", "-n", "40", "--seed", "3",
                          "--export-dir", str(tiny.directory))
     assert code == 0
-    expected = generate(tiny.model, tiny.tokenizer, "ROMEO:", Sampling(40, seed=3))
+    expected = generated(tiny.model, tiny.tokenizer, "ROMEO:", Sampling(40, seed=3))
     assert out == "ROMEO:" + expected + "\n"
     assert "40 chars in" in err and "chars/s; seed 3]" in err
 
@@ -48,7 +50,7 @@ def test_generate_sampling_flags_reach_the_sampler(tiny, capsys, monkeypatch):
     code, out, _ = run(capsys, "generate", "JULIET:", "-n", "60", "-t", "1.2", "--top-k", "5",
                        "--top-p", "0.9", "--seed", "11", "--stop", "e", "--no-echo", "-q")
     assert code == 0
-    expected = generate(tiny.model, tiny.tokenizer, "JULIET:",
+    expected = generated(tiny.model, tiny.tokenizer, "JULIET:",
                         Sampling(60, 1.2, 5, 0.9, seed=11, stop="e"))
     assert out == expected + "\n" and "e" not in expected
 
@@ -74,6 +76,8 @@ def test_an_empty_and_an_overlong_prompt_are_said_on_stderr(tiny, capsys):
                            "(U+00E9)"),
     (["generate", "a\x1b[2Jb"], "control characters (or lone surrogates) are not allowed in "
                                 "the prompt: '\\x1b' (U+001B)"),
+    (["generate", "x", "-n", "0"], "length = 0: must be a whole number, 1 or more"),
+    (["generate", "x", "-n", "-5"], "length = -5: must be a whole number, 1 or more"),
     (["generate", "x", "-t", "-1"], "temperature = -1.0: must be a number, 0 or more"),
     (["generate", "x", "-t", "nan"], "temperature = nan"),
     (["generate", "x", "--top-k", "0"], "top-k = 0: must be a whole number from 1"),
@@ -90,7 +94,7 @@ def test_what_a_user_gets_wrong_is_one_clear_line(tiny, capsys, argv, message):
     assert "Traceback" not in err and err.count("\n") == 1
 
 
-@pytest.mark.parametrize("argv", [["generate", "x", "-n", "0"], ["generate", "x", "-n", "ten"],
+@pytest.mark.parametrize("argv", [["generate", "x", "-n", "ten"], ["generate", "x", "-n", "2.5"],
                                   ["generate", "x", "-t", "hot"], ["nope"], ["evaluate"],
                                   ["runs", "--sort", "colour"], ["app", "--port", "-1"], []])
 def test_bad_flags_show_the_usage_and_exit_2(capsys, argv):
@@ -142,8 +146,11 @@ def test_evaluate_gives_the_evaluate_stage_metrics(tiny, tmp_path, capsys):
     got = json.loads(out)
     assert got == pytest.approx(expected, rel=1e-9)
     code, out, _ = run(capsys, "evaluate", str(path), "-q", "--export-dir", str(tiny.directory))
-    assert f"BPC         {expected['bpc']:.4f} bits/char" in out
-    assert f"perplexity  {expected['perplexity']:.4f}" in out
+    assert code == 0
+    assert out == f"{path}:\n{metrics_text(expected)}\n"
+    assert re.search(rf"\n  BPC +{expected['bpc']:.4f} bits/char\n", out)
+    assert re.search(rf"\n  perplexity +{expected['perplexity']:.4f}\n", out)
+    assert re.search(rf"\n  tokens predicted +{len(ids) - 1:,}\n", out)
 
 
 def test_evaluate_refuses_what_it_cannot_score(tiny, tmp_path, capsys):
@@ -165,7 +172,10 @@ def test_info_describes_the_export(tiny, capsys):
     assert f"{tiny.model.num_parameters():,} parameters" in out
     for name in ("model.ts", "model.pt2", "tokenizer.json", "evaluation_metrics.json"):
         assert name in out
-    assert "BPC 1.5000" in out and "trained 7 steps" in out
+    assert "BPC 1.5000 bits/char" in out and "trained 7 steps" in out
+    record = json.loads((tiny.directory / "evaluation_metrics.json").read_text())
+    assert f"\nmodel: {describe_model(record)}\n" in out
+    assert f"\nvalidation: {metrics_line(record['metrics'])}" in out
     assert re.search(r"weights sha256: [0-9a-f]{64}\n", out)
     code, out, _ = run(capsys, "info", "--json", "--export-dir", str(tiny.directory))
     assert json.loads(out)["model"]["step"] == 7
@@ -214,10 +224,19 @@ def test_runs_without_a_store_says_so(tmp_path, capsys):
 
 def test_the_console_script_and_module_entry_points():
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts["gptmini"] == "gptmini.cli:main"
-    proc = subprocess.run([sys.executable, "-m", "gptmini.cli", "--help"], capture_output=True,
-                          text=True, timeout=60)
+    assert scripts["gptmini"] == "gptmini.serving.cli:main"
+    proc = subprocess.run([sys.executable, "-m", "gptmini.serving.cli", "--help"],
+                          capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "generate" in proc.stdout and "runs" in proc.stdout
+
+
+def test_relative_path_variables_are_made_absolute_first(tiny, tmp_path, capsys,
+                                                         monkeypatch):
+    monkeypatch.chdir(tiny.directory.parent)
+    monkeypatch.setenv("GPTMINI_EXPORT_DIR", tiny.directory.name)
+    code, out, _ = run(capsys, "info")
+    assert code == 0 and f"export: {tiny.directory.resolve()}/" in out
+    assert os.environ["GPTMINI_EXPORT_DIR"] == str(tiny.directory.resolve())
 
 
 def test_the_app_binds_127_0_0_1_unless_told():

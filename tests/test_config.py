@@ -1,12 +1,21 @@
 from __future__ import annotations
 
 import copy
+import json
 
+import jsonschema
 import pytest
 import yaml
 
 from conftest import REPO
-from gptmini.config import ConfigError, load_params, parse_params
+from gptmini.core.config import (
+    ConfigError,
+    ModelConfig,
+    json_schema,
+    load_params,
+    main,
+    parse_params,
+)
 
 
 def default_raw() -> dict:
@@ -19,6 +28,12 @@ def test_repo_params_are_valid_and_match_the_seed_model():
     assert (m.n_layer, m.n_embd, m.n_head, m.block_size) == (6, 128, 4, 256)
     assert params.tokenizer.kind == "char"
     assert params.tokenizer.val_fraction == 0.1
+    assert params.to_dict() == params.model_dump() == default_raw()
+
+
+def test_model_config_round_trips_through_a_plain_dict():
+    m = load_params(REPO / "params.yaml").model
+    assert ModelConfig(**m.model_dump()) == m
 
 
 def with_value(path: str, value) -> dict:
@@ -28,6 +43,13 @@ def with_value(path: str, value) -> dict:
     for s in sections:
         node = node[s]
     node[key] = value
+    return raw
+
+
+def without(path: str) -> dict:
+    raw = copy.deepcopy(default_raw())
+    section, key = path.split(".")
+    del raw[section][key]
     return raw
 
 
@@ -51,6 +73,13 @@ BAD = [
     ("data.sha256", "abc", "64 lowercase hexadecimal"),
     ("data.url", "ftp://example.org/x", "https://"),
     ("evaluate.batch_size", -3, ">= 1"),
+    # strict types: true is not 1, and 2.0 is not an int
+    ("model.bias", 1, "must be bool"),
+    ("train.max_steps", 2.0, "must be int"),
+    ("train.learning_rate", True, "must be float"),
+    ("data.url", 7, "must be str"),
+    ("train.grad_clip", float("inf"), "must be a finite number"),
+    ("model.n_layer", 129, "must be >= 1 and <= 128"),
 ]
 
 
@@ -64,11 +93,40 @@ def test_bad_values_give_one_line_naming_the_key(key, value, expected):
     assert expected in message
 
 
+def test_a_float_field_takes_an_int():
+    lr = parse_params(with_value("train.learning_rate", 1)).train.learning_rate
+    assert lr == 1.0 and isinstance(lr, float)
+
+
+@pytest.mark.parametrize("key", ["train.max_steps", "model.bias", "data.sha256"])
+def test_a_missing_key_is_an_error_naming_it(key):
+    with pytest.raises(ConfigError) as err:
+        parse_params(without(key))
+    assert str(err.value) == (f"params.yaml: {key}: missing "
+                              "(params.yaml is the single source of every value)")
+
+
+def test_a_missing_or_empty_section_is_an_error():
+    raw = default_raw()
+    del raw["evaluate"]
+    with pytest.raises(ConfigError, match=r"^params.yaml: evaluate: missing \("):
+        parse_params(raw)
+    with pytest.raises(ConfigError, match="train = None: must be a mapping"):
+        parse_params(with_value("train", None))
+
+
 def test_unknown_key_is_rejected_with_a_suggestion():
     raw = default_raw()
     raw["train"]["learning_rat"] = 0.1
     with pytest.raises(ConfigError, match=r"unknown key 'train.learning_rat'; did you mean "
                                           r"'learning_rate'\?"):
+        parse_params(raw)
+
+
+def test_a_misspelt_key_is_reported_as_unknown_not_as_missing():
+    raw = without("train.learning_rate")
+    raw["train"]["learning_rat"] = 0.1
+    with pytest.raises(ConfigError, match="did you mean 'learning_rate'"):
         parse_params(raw)
 
 
@@ -89,6 +147,8 @@ def test_unknown_tiktoken_encoding_is_rejected():
 def test_yaml_exponent_strings_are_read_as_numbers():
     params = parse_params(with_value("train.learning_rate", "3e-4"))
     assert params.train.learning_rate == pytest.approx(3e-4)
+    with pytest.raises(ConfigError, match="train.learning_rate = 'fast': must be float"):
+        parse_params(with_value("train.learning_rate", "fast"))
 
 
 def test_missing_file_and_bad_yaml(tmp_path):
@@ -98,3 +158,62 @@ def test_missing_file_and_bad_yaml(tmp_path):
     bad.write_text("train: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_params(bad)
+    bad.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="must be a mapping of sections"):
+        load_params(bad)
+
+
+def test_block_size_must_be_shorter_than_each_split():
+    params = load_params(REPO / "params.yaml")
+    params.check_token_counts(10_000, 257)
+    with pytest.raises(ConfigError) as err:
+        params.check_token_counts(256, 10_000)
+    assert str(err.value) == ("params.yaml: model.block_size = 256: "
+                              "must be < the train split's 256 tokens")
+    with pytest.raises(ConfigError, match="must be < the val split's 100 tokens"):
+        params.check_token_counts(10_000, 100)
+
+
+def schema_text() -> str:
+    return json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"
+
+
+def test_the_committed_schema_is_the_generated_one_and_params_yaml_points_to_it(capsys):
+    assert (REPO / "params.schema.json").read_text() == schema_text(), \
+        "regenerate: python -m gptmini.core.config --schema > params.schema.json"
+    main(["--schema"])
+    assert capsys.readouterr().out == schema_text()
+    first = (REPO / "params.yaml").read_text().splitlines()[0]
+    assert first == "# yaml-language-server: $schema=params.schema.json"
+
+
+@pytest.fixture(scope="module")
+def validator() -> jsonschema.Draft202012Validator:
+    schema = json.loads((REPO / "params.schema.json").read_text())
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
+def test_the_schema_accepts_the_repo_params(validator):
+    assert list(validator.iter_errors(default_raw())) == []
+
+
+SCHEMA_BAD = {
+    "wrong type": with_value("model.bias", 1),
+    "wrong type str": with_value("model.n_layer", "six"),
+    "out of range exclusive": with_value("train.learning_rate", 0.0),
+    "out of range": with_value("evaluate.batch_size", 0),
+    "bad choice": with_value("train.device", "tpu"),
+    "bad pattern": with_value("data.sha256", "abc"),
+    "unknown key": with_value("train.learning_rat", 0.1),
+    "unknown section": with_value("trian", {}),
+    "missing key": without("train.max_steps"),
+}
+
+
+@pytest.mark.parametrize("raw", SCHEMA_BAD.values(), ids=list(SCHEMA_BAD))
+def test_the_schema_rejects_what_the_loader_rejects(validator, raw):
+    assert list(validator.iter_errors(raw))
+    with pytest.raises(ConfigError):
+        parse_params(raw)

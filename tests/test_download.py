@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import sha256_of
-from gptmini.download import DownloadError, download
+from gptmini.data.download import DownloadError, download
 
 BODY = b"First Citizen:\nBefore we proceed any further, hear me speak.\n" * 50
 

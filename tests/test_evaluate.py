@@ -7,8 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gptmini.evaluate import evaluate_tokens, summarize
-from gptmini.model import GPT, GPTConfig
+from conftest import model_config
+from gptmini.evaluation.metrics import evaluate_tokens, summarize
+from gptmini.model import GPT
 
 
 def test_metric_formulas():
@@ -28,8 +29,8 @@ def test_char_bpc_equals_nll_over_ln2():
 @pytest.mark.parametrize("n_tokens", [33, 65, 100])
 def test_every_token_is_predicted_once_with_its_window_context(n_tokens):
     torch.manual_seed(0)
-    cfg = GPTConfig(vocab_size=11, block_size=16, n_layer=1, n_head=2, n_embd=16)
-    model = GPT(cfg).eval()
+    cfg = model_config(block_size=16, n_layer=1, n_head=2, n_embd=16)
+    model = GPT(cfg, 11).eval()
     tokens = np.random.default_rng(0).integers(0, 11, size=n_tokens).astype(np.uint16)
     got = evaluate_tokens(model, tokens, n_chars=n_tokens - 1, batch_size=2, progress=False)
     # Reference: one window at a time, no batching.
@@ -48,10 +49,10 @@ def test_every_token_is_predicted_once_with_its_window_context(n_tokens):
 
 
 def test_token_losses_are_the_per_token_terms_of_evaluate_tokens():
-    from gptmini.evaluate import token_losses
+    from gptmini.evaluation.metrics import token_losses
 
     torch.manual_seed(1)
-    model = GPT(GPTConfig(vocab_size=11, block_size=16, n_layer=1, n_head=2, n_embd=16)).eval()
+    model = GPT(model_config(block_size=16, n_layer=1, n_head=2, n_embd=16), 11).eval()
     tokens = np.random.default_rng(1).integers(0, 11, size=70).astype(np.uint16)
     nll, right = token_losses(model, tokens, batch_size=2)
     whole = evaluate_tokens(model, tokens, n_chars=69, batch_size=2, progress=False)

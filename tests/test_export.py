@@ -8,13 +8,12 @@ import sys
 
 import torch
 
-from conftest import needs_tiktoken
-from gptmini.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from gptmini.config import TrainConfig
-from gptmini.export import export
-from gptmini.model import GPT, GPTConfig
-from gptmini.tokenizer import CharTokenizer
-from gptmini.train import make_optimizer
+from conftest import model_config, needs_tiktoken
+from gptmini.data.tokenizers import CharTokenizer
+from gptmini.model import GPT
+from gptmini.report import describe_model, metrics_markdown
+from gptmini.serving.export import USAGE, export
+from gptmini.training.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 
 STANDALONE = r"""
 import json, sys, torch
@@ -38,16 +37,21 @@ except ImportError:
 def test_export_loads_in_a_fresh_process_and_matches_the_checkpoint(tmp_path):
     torch.manual_seed(0)
     tok = CharTokenizer("abcdefgh ,.\n")
-    cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=24, n_layer=2, n_head=2, n_embd=16)
-    model = GPT(cfg)
+    cfg = model_config(block_size=24, n_layer=2, n_head=2, n_embd=16)
+    model = GPT(cfg, tok.vocab_size)
     ckpt_path = tmp_path / "ckpt.pt"
-    save_checkpoint(ckpt_path, model, make_optimizer(model, TrainConfig(), torch.device("cpu")),
-                    cfg, TrainConfig(), {**tok.definition(), "dtype": "uint16"}, step=7)
+    save_checkpoint(ckpt_path, model, cfg, {**tok.definition(), "dtype": "uint16"}, step=7)
     metrics = tmp_path / "evaluate.json"
     metrics.write_text(json.dumps({"bpc": 1.5, "nll": 1.0}))
     record = export(ckpt_path, metrics, tmp_path / "export")
     assert record["model"]["parameters"] == model.num_parameters()
     assert record["model"]["step"] == 7
+    # The record's config rebuilds the model: the model section and the vocabulary size.
+    config = dict(record["model"]["config"])
+    assert config.pop("vocab_size") == tok.vocab_size
+    rebuilt = GPT(model_config(**config), tok.vocab_size)
+    rebuilt.load_state_dict(model.state_dict())
+    assert json.loads((tmp_path / "export" / "evaluation_metrics.json").read_text()) == record
 
     prompt = "abc defg, hab.\nch"
     out = tmp_path / "logits.pt"
@@ -118,7 +122,7 @@ def run_standalone(tmp_path, export_dir, prompt: str, env: dict[str, str] | None
 
 
 def test_pt2_and_scripted_generate_in_a_fresh_process_match_the_library(tmp_path):
-    from gptmini.generate import Sampling, token_stream
+    from gptmini.serving.generation import Sampling, token_stream
     from tiny_export import build_tiny_export
 
     tiny = build_tiny_export(tmp_path / "tiny", block_size=24)
@@ -151,23 +155,79 @@ def test_export_holds_the_training_logs_and_a_readme(tmp_path):
     names = sorted(p.name for p in tiny.directory.iterdir())
     assert names == ["README.md", "eval_log.csv", "evaluation_metrics.json", "model.pt2",
                      "model.ts", "tokenizer.json", "train_log.csv"]
-    assert "model.generate(" in (tiny.directory / "README.md").read_text()
+    readme = (tiny.directory / "README.md").read_text()
+    assert readme.startswith(USAGE) and "model.generate(" in readme
+    record = json.loads((tiny.directory / "evaluation_metrics.json").read_text())
+    assert "\n## This model\n" in readme
+    assert f"\n{describe_model(record)}.\n" in readme
+    assert metrics_markdown(record["metrics"]) in readme
+    assert "| BPC | 1.5000 bits/char |" in readme and "trained 7 steps" in readme
+
+
+def test_the_export_is_the_same_bytes_for_the_same_inputs(tmp_path):
+    from tiny_export import build_tiny_export
+
+    first = build_tiny_export(tmp_path / "a").directory
+    second = build_tiny_export(tmp_path / "b").directory
+    for name in ("README.md", "evaluation_metrics.json", "tokenizer.json", "train_log.csv",
+                 "eval_log.csv"):
+        assert (first / name).read_bytes() == (second / name).read_bytes(), name
+
+
+def test_export_stage_exports_and_logs_to_the_pipeline_run(tmp_path, monkeypatch, capsys):
+    import shutil
+
+    import mlflow
+
+    from gptmini.core import paths
+    from gptmini.serving.export import export_stage
+    from gptmini.training.tracking import write_run_id
+    from tiny_export import build_tiny_export
+
+    tiny = build_tiny_export(tmp_path / "tiny")
+    monkeypatch.chdir(tmp_path)
+    for source, target in ((tiny.checkpoint, paths.CHECKPOINT),
+                           (tmp_path / "tiny" / "evaluate.json", paths.EVALUATE_METRICS),
+                           (tmp_path / "tiny" / "train_log.csv", paths.TRAIN_LOG),
+                           (tmp_path / "tiny" / "eval_log.csv", paths.EVAL_LOG)):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "export-test")
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.create_experiment("export-test",
+                                          artifact_location=(tmp_path / "art").as_uri())
+    with mlflow.start_run(experiment_id=experiment, run_name="train") as run:
+        pass
+    write_run_id(run.info.run_id)
+
+    record = export_stage()
+    assert f"exported to {paths.EXPORT_DIR}/: {describe_model(record)}" in capsys.readouterr().out
+    assert (paths.EXPORT_DIR / "README.md").read_bytes() == \
+        (tiny.directory / "README.md").read_bytes()
+    # The pipeline's run was reopened, not a new one started.
+    assert [r.info.run_id for r in mlflow.search_runs([experiment], output_format="list")] \
+        == [run.info.run_id]
+    logged = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
+    assert logged == {"evaluation_metrics.json", "export"}
+    exported = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "export")}
+    assert {"export/model.ts", "export/README.md", "export/train_log.csv"} <= exported
 
 
 @needs_tiktoken
 def test_bpe_export_is_usable_with_torch_and_tiktoken_alone(tmp_path):
     import os
 
-    from gptmini.generate import Sampling, token_stream
-    from gptmini.tokenizer import BpeTokenizer
+    from gptmini.data.tokenizers import BpeTokenizer
+    from gptmini.serving.generation import Sampling, token_stream
 
     torch.manual_seed(0)
     tok = BpeTokenizer("gpt2")
-    cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=16)
-    model = GPT(cfg).eval()
+    cfg = model_config(block_size=16, n_layer=1, n_head=2, n_embd=16)
+    model = GPT(cfg, tok.vocab_size).eval()
     ckpt_path = tmp_path / "ckpt.pt"
-    save_checkpoint(ckpt_path, model, make_optimizer(model, TrainConfig(), torch.device("cpu")),
-                    cfg, TrainConfig(), {**tok.definition(), "dtype": "uint32"}, step=1)
+    save_checkpoint(ckpt_path, model, cfg, {**tok.definition(), "dtype": "uint32"}, step=1)
     metrics = tmp_path / "evaluate.json"
     metrics.write_text(json.dumps({"bpc": 1.5}))
     export(ckpt_path, metrics, tmp_path / "export")

@@ -9,22 +9,28 @@ import re
 import pytest
 import torch
 
-from conftest import needs_tiktoken
-from gptmini.generate import Sampling, generate, prepare_prompt, stream, token_stream
-from gptmini.inputs import InputError, check_text, printable
-from gptmini.model import GPT, GPTConfig
-from gptmini.tokenizer import BpeTokenizer, CharTokenizer
+from conftest import model_config, needs_tiktoken
+from gptmini.data.text import InputError, check_text, printable
+from gptmini.data.tokenizers import BpeTokenizer, CharTokenizer
+from gptmini.model import GPT
+from gptmini.serving.generation import MAX_SEED, Sampling, prepare_prompt, stream, token_stream
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 TOK = CharTokenizer("abcdefgh ,.\n:ROMEJULIT")
-CFG = GPTConfig(vocab_size=TOK.vocab_size, block_size=16, n_layer=2, n_head=2, n_embd=16)
+VOCAB = TOK.vocab_size
+CFG = model_config(block_size=16, n_layer=2, n_head=2, n_embd=16)
 
 
 @pytest.fixture(scope="module")
 def model() -> GPT:
     torch.manual_seed(0)
-    return GPT(CFG).eval()
+    return GPT(CFG, VOCAB).eval()
+
+
+def generated(model, tokenizer, prompt, sampling: Sampling) -> str:
+    """The whole generated text at once."""
+    return "".join(stream(model, tokenizer, prompt, sampling))
 
 
 def recompute_reference(model: GPT, ids: list[int], n: int, temperature: float, top_k: int,
@@ -50,7 +56,7 @@ def recompute_reference(model: GPT, ids: list[int], n: int, temperature: float, 
 @pytest.mark.parametrize("prompt_len", [1, 7, 16, 40])
 def test_cache_gives_exactly_the_tokens_of_recomputing(model, temperature, top_k, top_p,
                                                        prompt_len):
-    ids = torch.randint(0, CFG.vocab_size, (prompt_len,),
+    ids = torch.randint(0, VOCAB, (prompt_len,),
                         generator=torch.Generator().manual_seed(prompt_len)).tolist()
     n = 70  # more than four windows of 16: the window slides several times
     cached = list(token_stream(model, ids, Sampling(n, temperature, top_k or None, top_p,
@@ -59,7 +65,7 @@ def test_cache_gives_exactly_the_tokens_of_recomputing(model, temperature, top_k
 
 
 def test_cached_logits_match_the_plain_forward(model):
-    idx = torch.randint(0, CFG.vocab_size, (2, 16), generator=torch.Generator().manual_seed(1))
+    idx = torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         logits, cache, window = model.prefill(idx[:, :5])
         assert torch.allclose(logits, model(idx[:, :5])[:, -1], atol=1e-5)
@@ -89,7 +95,7 @@ def test_scripted_generate_equals_eager_and_the_library(model):
 
 
 def test_batched_generate_matches_single_rows(model):
-    idx = torch.randint(0, CFG.vocab_size, (3, 5), generator=torch.Generator().manual_seed(2))
+    idx = torch.randint(0, VOCAB, (3, 5), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         batch = model.generate(idx, 30, 0.0)
         rows = [model.generate(idx[i:i + 1], 30, 0.0) for i in range(3)]
@@ -97,20 +103,20 @@ def test_batched_generate_matches_single_rows(model):
 
 
 def test_same_seed_same_text_other_seed_other_text(model):
-    a = generate(model, TOK, "ROMEO:", Sampling(80, seed=1))
-    assert a == generate(model, TOK, "ROMEO:", Sampling(80, seed=1))
-    assert a != generate(model, TOK, "ROMEO:", Sampling(80, seed=2))
+    a = generated(model, TOK, "ROMEO:", Sampling(80, seed=1))
+    assert a == generated(model, TOK, "ROMEO:", Sampling(80, seed=1))
+    assert a != generated(model, TOK, "ROMEO:", Sampling(80, seed=2))
     assert len(a) == 80 and set(a) <= set(TOK.vocab)
 
 
 def test_temperature_zero_is_greedy_whatever_the_seed(model):
-    greedy = generate(model, TOK, "JULIET:", Sampling(40, temperature=0.0, seed=1))
-    assert greedy == generate(model, TOK, "JULIET:", Sampling(40, temperature=0.0, seed=99))
-    assert greedy == generate(model, TOK, "JULIET:", Sampling(40, top_k=1, seed=5))
-    assert greedy == generate(model, TOK, "JULIET:", Sampling(40, top_p=1e-6, seed=5))
+    greedy = generated(model, TOK, "JULIET:", Sampling(40, temperature=0.0, seed=1))
+    assert greedy == generated(model, TOK, "JULIET:", Sampling(40, temperature=0.0, seed=99))
+    assert greedy == generated(model, TOK, "JULIET:", Sampling(40, top_k=1, seed=5))
+    assert greedy == generated(model, TOK, "JULIET:", Sampling(40, top_p=1e-6, seed=5))
     # A temperature near 0 is greedy too, not a division overflowing into NaN.
-    assert greedy == generate(model, TOK, "JULIET:", Sampling(40, temperature=1e-300, seed=5))
-    assert len(generate(model, TOK, "JULIET:", Sampling(40, temperature=1e300, seed=5))) == 40
+    assert greedy == generated(model, TOK, "JULIET:", Sampling(40, temperature=1e-300, seed=5))
+    assert len(generated(model, TOK, "JULIET:", Sampling(40, temperature=1e300, seed=5))) == 40
 
 
 def test_top_k_and_top_p_keep_only_the_likely_tokens(model):
@@ -132,13 +138,13 @@ def test_stream_pieces_join_to_the_whole_text(model):
     sampling = Sampling(60, seed=3)
     pieces = list(stream(model, TOK, "ROMEO:", sampling))
     assert len(pieces) == 60
-    assert "".join(pieces) == generate(model, TOK, "ROMEO:", sampling)
+    assert "".join(pieces) == generated(model, TOK, "ROMEO:", sampling)
 
 
 @pytest.mark.parametrize("stop", ["\n", "a", "e ", ", ", "zzz-never"])
 def test_stop_string_ends_generation_before_it(model, stop):
-    full = generate(model, TOK, "ROMEO:", Sampling(200, temperature=1.5, seed=4))
-    stopped = generate(model, TOK, "ROMEO:", Sampling(200, temperature=1.5, seed=4, stop=stop))
+    full = generated(model, TOK, "ROMEO:", Sampling(200, temperature=1.5, seed=4))
+    stopped = generated(model, TOK, "ROMEO:", Sampling(200, temperature=1.5, seed=4, stop=stop))
     expected = full[:full.find(stop)] if stop in full else full
     assert stopped == expected
     assert stop not in stopped
@@ -148,7 +154,7 @@ def test_an_empty_prompt_starts_from_a_newline(model):
     prompt = prepare_prompt("", TOK, CFG.block_size)
     assert prompt.ids == TOK.encode("\n")
     assert "empty" in prompt.notices[0]
-    assert len(generate(model, TOK, "", Sampling(10, seed=0))) == 10
+    assert len(generated(model, TOK, "", Sampling(10, seed=0))) == 10
 
 
 def test_a_prompt_longer_than_the_context_keeps_its_last_window():
@@ -197,25 +203,63 @@ def test_printable_escapes_terminal_controls():
 ])
 def test_bad_sampling_values_get_a_clear_message(model, sampling, message):
     with pytest.raises(InputError, match=message):
-        generate(model, TOK, "ROMEO:", sampling)
+        generated(model, TOK, "ROMEO:", sampling)
+
+
+USER = {"length": 10, "temperature": 0.8, "top_k": None, "top_p": 1.0, "seed": None}
+
+
+def test_user_values_whole_floats_and_ints_are_taken():
+    sampling = Sampling.from_user(length=5.0, temperature=1, top_k=3.0, top_p=1, seed=7.0,
+                                  stop="\n", vocab_size=VOCAB)
+    assert sampling == Sampling(5, 1.0, 3, 1.0, seed=7, stop="\n")
+    assert type(sampling.max_new_tokens) is int and type(sampling.top_k) is int
+    assert type(sampling.temperature) is float and type(sampling.top_p) is float
+    assert Sampling.from_user(**USER, vocab_size=VOCAB) == Sampling(10, 0.8)
+    assert Sampling.from_user(**{**USER, "seed": MAX_SEED}, vocab_size=VOCAB).seed == MAX_SEED
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"length": 0}, "length = 0: must be a whole number, 1 or more"),
+    ({"length": 0.0}, "length = 0: must be a whole number, 1 or more"),
+    ({"length": 2.5}, "length = 2.5: must be a whole number"),
+    ({"length": None}, "length = None: must be a whole number"),
+    ({"length": "10"}, "length = '10': must be a whole number"),
+    ({"length": True}, "length = True"),
+    ({"length": 2001}, "length = 2001: must be at most 2000"),
+    ({"temperature": -1}, r"temperature = -1.0: must be a number, 0 or more \(0 is greedy\)"),
+    ({"temperature": None}, "temperature = None: must be a number"),
+    ({"temperature": math.nan}, "temperature = nan"),
+    ({"top_k": 0}, "top-k = 0: must be a whole number from 1 to the vocabulary size"),
+    ({"top_k": VOCAB + 1.0}, f"top-k = {VOCAB + 1}: "),
+    ({"top_k": 2.5}, "top-k = 2.5"),
+    ({"top_p": 0}, r"top-p = 0.0: must be in \(0, 1\]"),
+    ({"top_p": None}, "top-p = None"),
+    ({"seed": -1}, "seed = -1: must be a whole number from 0"),
+    ({"seed": 1.5}, "seed = 1.5"),
+    ({"seed": MAX_SEED + 1}, f"seed = {MAX_SEED + 1}"),
+])
+def test_bad_user_values_get_the_same_clear_messages(changes, message):
+    with pytest.raises(InputError, match=message):
+        Sampling.from_user(**{**USER, **changes}, vocab_size=VOCAB, max_tokens=2000)
 
 
 def test_top_k_equal_to_the_vocabulary_is_all_of_it(model):
-    a = generate(model, TOK, "R", Sampling(30, top_k=TOK.vocab_size, seed=8))
-    assert a == generate(model, TOK, "R", Sampling(30, seed=8))
+    a = generated(model, TOK, "R", Sampling(30, top_k=TOK.vocab_size, seed=8))
+    assert a == generated(model, TOK, "R", Sampling(30, seed=8))
 
 
 @needs_tiktoken
 def test_bpe_stream_never_splits_a_character():
     tok = BpeTokenizer("gpt2")
     torch.manual_seed(0)
-    bpe_model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=16, n_layer=1, n_head=2,
-                              n_embd=16)).eval()
+    bpe_model = GPT(model_config(block_size=16, n_layer=1, n_head=2, n_embd=16),
+                    tok.vocab_size).eval()
     sampling = Sampling(40, seed=0)
     ids = list(token_stream(bpe_model, tok.encode("Hello"), sampling))
     text = "".join(stream(bpe_model, tok, "Hello", sampling))
     assert text == tok.decode(ids)
-    from gptmini.detokenize import Detokenizer
+    from gptmini.data.tokenizers import Detokenizer
 
     ids = tok.encode("naïve café 😀 — fin")
     detok = Detokenizer(tok)

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from conftest import make_corpus
-from gptmini.checkpoint import load_checkpoint, model_from_checkpoint, weights_sha256
+from gptmini.core.hashing import weights_sha256
+from gptmini.training.checkpoint import load_checkpoint, model_from_checkpoint
 from pipeline_project import PipelineProject
 
 pytestmark = pytest.mark.slow

@@ -4,27 +4,27 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_corpus
-from gptmini.config import TrainConfig
-from gptmini.model import GPT, GPTConfig, next_token_loss
-from gptmini.tokenizer import CharTokenizer
-from gptmini.train import lr_at, train
+from conftest import make_corpus, model_config, train_config
+from gptmini.data.tokenizers import CharTokenizer
+from gptmini.model import GPT, next_token_loss
+from gptmini.training.trainer import Trainer, lr_at
 
-TINY = GPTConfig(vocab_size=40, block_size=32, n_layer=2, n_head=2, n_embd=32)
+TINY = model_config(block_size=32, n_layer=2, n_head=2, n_embd=32)
+VOCAB = 40
 
 
 def test_seed_model_has_exactly_1_230_976_parameters():
-    model = GPT(GPTConfig(vocab_size=65))
+    model = GPT(model_config(), 65)  # params.yaml's model section
     assert model.num_parameters() == 1_230_976
     assert model.lm_head.weight is model.wte.weight
 
 
 def test_later_tokens_never_change_earlier_logits():
     torch.manual_seed(0)
-    model = GPT(TINY).eval()
-    idx = torch.randint(0, TINY.vocab_size, (2, 20))
+    model = GPT(TINY, VOCAB).eval()
+    idx = torch.randint(0, VOCAB, (2, 20))
     changed = idx.clone()
-    changed[:, 12:] = (changed[:, 12:] + 7) % TINY.vocab_size
+    changed[:, 12:] = (changed[:, 12:] + 7) % VOCAB
     with torch.no_grad():
         a, b = model(idx), model(changed)
     assert torch.equal(a[:, :12], b[:, :12])
@@ -33,19 +33,19 @@ def test_later_tokens_never_change_earlier_logits():
 
 def test_longer_than_context_is_refused():
     with pytest.raises(ValueError, match="longer than the context"):
-        GPT(TINY)(torch.zeros(1, 33, dtype=torch.long))
+        GPT(TINY, VOCAB)(torch.zeros(1, 33, dtype=torch.long))
 
 
 def test_scripted_model_matches_eager():
-    model = GPT(TINY).eval()
+    model = GPT(TINY, VOCAB).eval()
     scripted = torch.jit.script(model)
-    idx = torch.randint(0, TINY.vocab_size, (3, 17))
+    idx = torch.randint(0, VOCAB, (3, 17))
     with torch.no_grad():
         assert torch.allclose(scripted(idx), model(idx), atol=1e-6)
 
 
 def test_learning_rate_schedule_warms_up_then_decays_to_min():
-    cfg = TrainConfig(max_steps=100, warmup_steps=10, learning_rate=1e-2, min_lr=1e-4)
+    cfg = train_config(max_steps=100, warmup_steps=10, learning_rate=1e-2, min_lr=1e-4)
     assert lr_at(0, cfg) == pytest.approx(1e-3)
     assert lr_at(9, cfg) == pytest.approx(1e-2)
     assert lr_at(10, cfg) == pytest.approx(1e-2)
@@ -59,11 +59,11 @@ def test_loss_falls_on_a_tiny_corpus():
     tok = CharTokenizer(text)
     ids = np.asarray(tok.encode(text), dtype=np.uint16)
     split = int(len(ids) * 0.9)
-    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=32, n_layer=2, n_head=2,
-                          n_embd=32))
-    cfg = TrainConfig(max_steps=150, warmup_steps=10, batch_size=16, learning_rate=3e-3,
-                      eval_interval=50, eval_iters=4, seed=1)
-    result, _ = train(model, ids[:split], ids[split:], cfg, torch.device("cpu"), progress=False)
+    model = GPT(TINY, tok.vocab_size)
+    cfg = train_config(max_steps=150, warmup_steps=10, batch_size=16, learning_rate=3e-3,
+                       eval_interval=50, eval_iters=4, seed=1, dtype="float32")
+    trainer = Trainer(model, ids[:split], ids[split:], cfg, torch.device("cpu"))
+    result = trainer.run(progress=False)
     first, last = result.evals[0], result.evals[-1]
     assert first["val_loss"] == pytest.approx(np.log(tok.vocab_size), abs=0.3)
     assert last["val_loss"] < first["val_loss"] - 1.0

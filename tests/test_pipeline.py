@@ -1,4 +1,6 @@
-"""End to end: the real `dvc repro` in a temporary git repo on a tiny corpus and model."""
+"""End to end: the real `dvc repro` in a temporary git repo on a tiny corpus and model:
+every output, the MLflow run, byte-identical reruns, and exactly which stages a change of
+code or params reruns."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import re
 import mlflow
 import pytest
 import torch
+import yaml
 
 from conftest import needs_tiktoken
 from pipeline_project import PipelineProject
@@ -21,15 +24,32 @@ def ran(output: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
+def corpus(tmp_path_factory):
     from conftest import make_corpus
 
-    root = tmp_path_factory.mktemp("project")
-    corpus = tmp_path_factory.mktemp("mirror") / "tinyshakespeare.txt"
-    corpus.write_text(make_corpus(1500))
-    p = PipelineProject(root, corpus)
+    path = tmp_path_factory.mktemp("mirror") / "tinyshakespeare.txt"
+    path.write_text(make_corpus(1500))
+    return path
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, corpus):
+    p = PipelineProject(tmp_path_factory.mktemp("project"), corpus)
     p.first_repro = p.run("dvc", "repro")
+    p.first_lock = yaml.safe_load((p.root / "dvc.lock").read_text())
     return p
+
+
+def outs_hashes(lock: dict) -> dict[str, str]:
+    """Every output of every stage in a dvc.lock, path -> md5."""
+    return {out["path"]: out["md5"] for stage in lock["stages"].values()
+            for out in stage.get("outs", [])}
+
+
+def touch(project: PipelineProject, path: str) -> None:
+    """Edit a source file of the project the way a developer does: a comment."""
+    with open(project.root / path, "a") as fh:
+        fh.write("# edited\n")
 
 
 def test_first_repro_runs_every_stage_and_writes_every_output(project):
@@ -37,14 +57,19 @@ def test_first_repro_runs_every_stage_and_writes_every_output(project):
     root = project.root
     for path in ["data/raw/input.txt", "data/tokens/train.bin", "data/tokens/val.bin",
                  "data/tokens/tokenizer.json", "data/tokens/counts.json", "data/model/ckpt.pt",
-                 "data/model/mlflow_run.json", "metrics/tokenize.json", "metrics/train.json",
+                 "data/volatile/mlflow_run.json", "data/volatile/timings.json",
+                 "metrics/tokenize.json", "metrics/train.json",
                  "metrics/train_log.csv", "metrics/eval_log.csv", "metrics/loss_curve.png",
                  "metrics/evaluate.json", "data/export/model.ts",
                  "data/export/evaluation_metrics.json", "data/export/tokenizer.json",
                  "dvc.lock"]:
         assert (root / path).is_file(), path
     steps = (root / "metrics/train_log.csv").read_text().splitlines()
-    assert steps[0] == "step,loss,lr,tokens_per_second" and len(steps) == 41
+    assert steps[0] == "step,loss,lr" and len(steps) == 41  # no timings in an artifact
+    assert set(json.loads((root / "metrics/train.json").read_text())) == {
+        "steps", "train_loss", "val_loss", "best_val_loss", "best_step", "parameters"}
+    assert set(json.loads((root / "data/volatile/timings.json").read_text())["train"]) == {
+        "wall_seconds", "tokens_per_second"}
     assert (root / "metrics/loss_curve.png").read_bytes()[:4] == b"\x89PNG"
     metrics = json.loads((root / "metrics/evaluate.json").read_text())
     assert metrics["bpc"] == pytest.approx(metrics["nll"] / 0.6931471805599453)
@@ -53,7 +78,9 @@ def test_first_repro_runs_every_stage_and_writes_every_output(project):
     assert record["tokenizer"]["kind"] == "char"
     assert record["model"]["parameters"] > 0
     ckpt = torch.load(root / "data/model/ckpt.pt", weights_only=True)
-    assert ckpt["step"] == 40 and set(ckpt) >= {"model", "optimizer", "model_config"}
+    assert ckpt["step"] == 40  # what its readers need, and no optimizer state:
+    assert set(ckpt) == {"model", "model_config", "tokenizer", "step"}
+    assert list(root.glob("data/model/*")) == [root / "data/model/ckpt.pt"]
 
 
 def test_mlflow_store_holds_one_run_with_everything(project):
@@ -63,7 +90,8 @@ def test_mlflow_store_holds_one_run_with_everything(project):
     run = runs[0]
     assert run.info.status == "FINISHED"
     for name in ("perplexity", "accuracy", "nll", "bpc", "val_loss", "train_loss",
-                 "train_lr", "train_tokens_per_second"):
+                 "train_lr", "train_tokens_per_second", "train.best_val_loss",
+                 "train.wall_seconds", "train.tokens_per_second"):
         assert name in run.data.metrics, name
     assert run.data.params["model.n_layer"] == "2"
     assert run.data.params["tokenizer.kind"] == "char"
@@ -89,6 +117,50 @@ def test_second_repro_runs_nothing_and_status_is_clean(project):
     assert "up to date" in status
 
 
+def test_a_run_in_another_repo_reproduces_every_output_byte_for_byte(project, corpus,
+                                                                       tmp_path_factory):
+    twin = PipelineProject(tmp_path_factory.mktemp("twin"), corpus)
+    twin.run("dvc", "repro")
+    twin_lock = yaml.safe_load((twin.root / "dvc.lock").read_text())
+    assert outs_hashes(twin_lock) == outs_hashes(project.first_lock)
+    assert len(outs_hashes(twin_lock)) == 10
+    # ... while the run id and the timings, outside every output, differ.
+    assert (twin.root / "data/volatile/mlflow_run.json").read_text() != \
+        (project.root / "data/volatile/mlflow_run.json").read_text()
+
+
+@pytest.mark.parametrize("path,expected", [
+    # A comment in the CSV and plot writer reruns train; its outputs come out identical,
+    # so evaluate and export, whose inputs did not change, do not rerun.
+    ("src/gptmini/training/logs.py", ["train"]),
+    ("src/gptmini/serving/export.py", ["export"]),
+    ("src/gptmini/evaluation/metrics.py", ["evaluate"]),
+    # Every stage writes through the atomic helpers.
+    ("src/gptmini/core/atomic.py", list(STAGES)),
+], ids=lambda v: v if isinstance(v, str) else None)
+def test_editing_a_library_file_reruns_exactly_the_stages_that_run_it(project, path, expected):
+    touch(project, path)
+    status = project.run("dvc", "status").stdout
+    assert "changed deps" in status and path in status
+    assert ran(project.run("dvc", "repro").stdout) == expected
+    assert ran(project.run("dvc", "repro").stdout) == []
+
+
+def test_a_train_param_reruns_train_evaluate_and_export(project):
+    params = project.params
+    params["train"]["learning_rate"] = 2e-3
+    project.write_params(params)
+    assert ran(project.run("dvc", "repro").stdout) == ["train", "evaluate", "export"]
+
+
+def test_an_evaluate_param_reruns_evaluate_not_train(project):
+    params = project.params
+    params["evaluate"]["batch_size"] = 3
+    project.write_params(params)
+    out = ran(project.run("dvc", "repro").stdout)
+    assert out[0] == "evaluate" and "train" not in out and "tokenize" not in out
+
+
 @needs_tiktoken
 def test_changing_the_tokenizer_reruns_tokenize_and_everything_after(project):
     params = project.params
@@ -100,6 +172,7 @@ def test_changing_the_tokenizer_reruns_tokenize_and_everything_after(project):
     assert record["tokenizer"] == {"kind": "bpe", "encoding": "gpt2", "vocab_size": 50257,
                                    "dtype": "uint16"}
     mlflow.set_tracking_uri(f"sqlite:///{project.root / 'mlflow.db'}")
-    runs = mlflow.search_runs(experiment_names=["gptmini"], output_format="list")
-    assert sorted(r.data.tags["tokenizer"] for r in runs) == ["bpe", "char"]
-    assert all("bpc" in r.data.metrics for r in runs)
+    runs = mlflow.search_runs(experiment_names=["gptmini"], output_format="list",
+                              order_by=["start_time DESC"])
+    assert {r.data.tags["tokenizer"] for r in runs} == {"bpe", "char"}
+    assert runs[0].data.tags["tokenizer"] == "bpe" and "bpc" in runs[0].data.metrics

@@ -5,10 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from conftest import make_corpus, needs_tiktoken
-from gptmini.config import TokenizerConfig
-from gptmini.tokenizer import BpeTokenizer, CharTokenizer, from_definition
-from gptmini.tokens import iter_chunks, load_tokens, prepare, token_dtype
+from conftest import make_corpus, needs_tiktoken, tokenizer_config
+from gptmini.data.tokenizers import BpeTokenizer, CharTokenizer, from_definition
+from gptmini.data.tokens import iter_chunks, load_tokens, prepare, token_dtype
 
 
 def test_char_round_trip_and_definition():
@@ -61,7 +60,7 @@ def test_chunks_cover_the_range_exactly(tmp_path):
 
 def test_prepare_char_splits_90_10_by_characters(tmp_path, tiny_corpus):
     text = tiny_corpus.read_text()
-    counts = prepare(tiny_corpus, tmp_path / "tok", TokenizerConfig(kind="char"), chunk_chars=700)
+    counts = prepare(tiny_corpus, tmp_path / "tok", tokenizer_config(kind="char"), chunk_chars=700)
     boundary = int(len(text) * 0.9)
     assert counts["train"]["chars"] == boundary
     assert counts["val"]["chars"] == len(text) - boundary
@@ -80,7 +79,7 @@ def test_prepare_bpe_streams_to_the_same_tokens_as_a_whole_file_encoding(tmp_pat
     text = make_corpus(600).replace("\n\n", "\n\n\n  \n") + "   end  \n\n"
     path = tmp_path / "c.txt"
     path.write_text(text)
-    counts = prepare(path, tmp_path / "tok", TokenizerConfig(kind="bpe"), chunk_chars=300)
+    counts = prepare(path, tmp_path / "tok", tokenizer_config(kind="bpe"), chunk_chars=300)
     enc = BpeTokenizer("gpt2")
     boundary = int(len(text) * 0.9)
     train = load_tokens(tmp_path / "tok" / "train.bin", "uint16")

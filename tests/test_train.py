@@ -1,19 +1,22 @@
 from __future__ import annotations
 
+import json
 import math
+import os
 
 import mlflow
 import numpy as np
 import pytest
 import torch
 
-from conftest import make_corpus
-from gptmini.config import ConfigError, TrainConfig
-from gptmini.model import GPT, GPTConfig
-from gptmini.resume import ResumeStore, fingerprint
-from gptmini.tokenizer import CharTokenizer
-from gptmini.tracking import mlflow_run
-from gptmini.train import Distributed, NonFiniteLoss, Trainer, pick_dtype
+from conftest import make_corpus, model_config, train_config
+from gptmini.core.config import ConfigError
+from gptmini.core.device import Distributed, pick_dtype
+from gptmini.data.tokenizers import CharTokenizer
+from gptmini.model import GPT
+from gptmini.training.resume import ResumeStore, fingerprint
+from gptmini.training.tracking import mlflow_run
+from gptmini.training.trainer import NonFiniteLoss, Trainer
 
 
 @pytest.fixture
@@ -28,10 +31,10 @@ def tokens():
 def tiny_trainer(tokens, **cfg) -> Trainer:
     vocab, train_ids, val_ids = tokens
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=vocab, block_size=16, n_layer=1, n_head=2, n_embd=16))
+    model = GPT(model_config(block_size=16, n_layer=1, n_head=2, n_embd=16), vocab)
     defaults = {"max_steps": 30, "warmup_steps": 2, "batch_size": 4, "eval_interval": 10,
                 "eval_iters": 2, "checkpoint_interval": 5, "dtype": "float32"}
-    return Trainer(model, train_ids, val_ids, TrainConfig(**{**defaults, **cfg}),
+    return Trainer(model, train_ids, val_ids, train_config(**{**defaults, **cfg}),
                    torch.device("cpu"))
 
 
@@ -111,3 +114,71 @@ def test_an_error_inside_a_run_marks_it_failed(tmp_path, monkeypatch):
     with mlflow_run(run_name="fine") as ok:
         pass
     assert mlflow.get_run(ok.info.run_id).info.status == "FINISHED"
+
+
+def tiny_params(**train):
+    from conftest import default_params
+    from gptmini.core.config import parse_params
+
+    raw = default_params()
+    raw["model"].update(n_layer=1, n_embd=16, n_head=2, block_size=16)
+    raw["train"].update(device="cpu", batch_size=4, max_steps=12, warmup_steps=2,
+                        eval_interval=5, eval_iters=2, checkpoint_interval=5, dtype="float32",
+                        **train)
+    return parse_params(raw)
+
+
+def run_train_stage(root, corpus_text: str, params):
+    """The train stage's library function in a project folder of its own, after tokenize."""
+    from gptmini.core import paths
+    from gptmini.data.tokens import prepare
+    from gptmini.training.run import train
+
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "dvc.yaml").write_text("stages: {}\n")  # marks the project root for MLflow
+    corpus = root / "corpus.txt"
+    corpus.write_text(corpus_text)
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        prepare(corpus, paths.TOKENS_DIR, params.tokenizer)
+        return train(params)
+    finally:
+        os.chdir(cwd)
+
+
+def test_the_train_stage_writes_its_outputs_and_one_mlflow_run(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    text = make_corpus(300)
+    result = run_train_stage(tmp_path / "a", text, tiny_params())
+    root = tmp_path / "a"
+    assert result.steps == 12
+    ckpt = torch.load(root / "data/model/ckpt.pt", weights_only=True)
+    assert set(ckpt) == {"model", "model_config", "tokenizer", "step"}
+    assert (root / "metrics/train_log.csv").read_text().splitlines()[0] == "step,loss,lr"
+    summary = json.loads((root / "metrics/train.json").read_text())
+    assert summary == {**result.summary(), "parameters": summary["parameters"]}
+    timings = json.loads((root / "data/volatile/timings.json").read_text())["train"]
+    assert timings["wall_seconds"] > 0 and timings["tokens_per_second"] > 0
+    run_id = json.loads((root / "data/volatile/mlflow_run.json").read_text())["run_id"]
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+    run = mlflow.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.max_steps"] == "12"
+    assert run.data.metrics["train.best_val_loss"] == summary["best_val_loss"]
+    assert run.data.metrics["train.wall_seconds"] == timings["wall_seconds"]
+    assert not (root / "data/train_state").exists()
+
+    # A second run with the same inputs writes byte-identical outputs; only what lives in
+    # data/volatile/ (the run id, the timings) differs.
+    run_train_stage(tmp_path / "b", text, tiny_params())
+    for out in ("data/model/ckpt.pt", "metrics/train.json", "metrics/train_log.csv",
+                "metrics/eval_log.csv", "metrics/loss_curve.png"):
+        assert (tmp_path / "b" / out).read_bytes() == (root / out).read_bytes(), out
+    assert (tmp_path / "b/data/volatile/mlflow_run.json").read_text() != \
+        (root / "data/volatile/mlflow_run.json").read_text()
+
+
+def test_the_train_stage_refuses_a_context_longer_than_a_split(tmp_path):
+    with pytest.raises(ConfigError, match=r"model.block_size = 16: must be < the val split"):
+        run_train_stage(tmp_path, "ab\n" * 30, tiny_params())

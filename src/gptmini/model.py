@@ -15,37 +15,16 @@ eager and scripted models run the same code and draw the same tokens for the sam
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gptmini.config import ModelConfig
-
-
-@dataclass(frozen=True)
-class GPTConfig:
-    vocab_size: int
-    block_size: int = 256
-    n_layer: int = 6
-    n_head: int = 4
-    n_embd: int = 128
-    dropout: float = 0.0
-    bias: bool = True
-
-    @classmethod
-    def from_model_config(cls, cfg: ModelConfig, vocab_size: int) -> GPTConfig:
-        return cls(vocab_size=vocab_size, block_size=cfg.block_size, n_layer=cfg.n_layer,
-                   n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+from gptmini.core.config import ModelConfig
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, cfg: GPTConfig) -> None:
+    def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.n_head = cfg.n_head
         self.n_embd = cfg.n_embd
@@ -88,7 +67,7 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, cfg: GPTConfig) -> None:
+    def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
         self.gelu = nn.GELU()
@@ -100,7 +79,7 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: GPTConfig) -> None:
+    def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.ln_1 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
         self.attn = CausalSelfAttention(cfg)
@@ -117,7 +96,10 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    def __init__(self, cfg: GPTConfig) -> None:
+    """`cfg` is the `model` section of params.yaml; the vocabulary size comes from the
+    tokenizer. The checkpoint stores both and rebuilds the model from them."""
+
+    def __init__(self, cfg: ModelConfig, vocab_size: int) -> None:
         super().__init__()
         self.block_size = cfg.block_size
         self.n_layer = cfg.n_layer
@@ -125,12 +107,12 @@ class GPT(nn.Module):
         self.head_size = cfg.n_embd // cfg.n_head
         # When the cache is full, generation restarts it from the last 3/4 of the window.
         self.window_keep = max(1, 3 * cfg.block_size // 4)
-        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.wte = nn.Embedding(vocab_size, cfg.n_embd)
         self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
         self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
-        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.lm_head = nn.Linear(cfg.n_embd, vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # weight tying
 
         self.apply(self._init_weights)

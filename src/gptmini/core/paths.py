@@ -8,7 +8,6 @@ TOKENIZER_JSON = TOKENS_DIR / "tokenizer.json"
 COUNTS_JSON = TOKENS_DIR / "counts.json"
 MODEL_DIR = Path("data/model")
 CHECKPOINT = MODEL_DIR / "ckpt.pt"
-RUN_JSON = MODEL_DIR / "mlflow_run.json"
 EXPORT_DIR = Path("data/export")
 METRICS_DIR = Path("metrics")
 TOKENIZE_METRICS = METRICS_DIR / "tokenize.json"
@@ -17,4 +16,8 @@ TRAIN_LOG = METRICS_DIR / "train_log.csv"
 EVAL_LOG = METRICS_DIR / "eval_log.csv"
 LOSS_CURVE = METRICS_DIR / "loss_curve.png"
 EVALUATE_METRICS = METRICS_DIR / "evaluate.json"
-RESUME_DIR = Path("data/train_state")  # deliberately not a DVC output: see gptmini.resume
+# Neither is a DVC output, and nothing depends on them (see data/README.md):
+RESUME_DIR = Path("data/train_state")  # the crash-safe resume state: gptmini.training.resume
+VOLATILE_DIR = Path("data/volatile")   # what differs between two identical runs:
+RUN_JSON = VOLATILE_DIR / "mlflow_run.json"  # the MLflow run that evaluate and export reopen
+TIMINGS_JSON = VOLATILE_DIR / "timings.json"  # wall seconds and tokens/s of the last training

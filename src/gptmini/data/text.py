@@ -11,7 +11,7 @@ from __future__ import annotations
 import unicodedata
 from collections.abc import Iterable
 
-from gptmini.tokenizer import CharTokenizer, Tokenizer
+from gptmini.data.tokenizers import CharTokenizer, Tokenizer
 
 ALLOWED_CONTROLS = frozenset("\n\t")
 _SHOWN = 10  # at most this many offending characters are named

@@ -40,6 +40,19 @@ def atomic_open(target: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
         os.fsync(fh.fileno())
 
 
+def write_torch(target: str | Path, obj: Any) -> None:
+    """`torch.save` atomically, with the same bytes for the same tensors: saved straight to
+    a file, the archive's root folder would be named after the (random) temporary file."""
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    with atomic_open(target, "wb") as fh:
+        fh.write(buffer.getbuffer())
+
+
 def write_json(target: str | Path, obj: Any) -> None:
     with atomic_open(target) as fh:
         json.dump(obj, fh, indent=2, sort_keys=True)

@@ -3,7 +3,7 @@ program of the forward pass, the tokenizer definition, the evaluation metrics an
 training logs, in one directory that torch alone can use, without this project's code.
 
 `load_export` reads it back for the CLI and the app, through TorchScript and JSON only:
-nothing in it is unpickled.
+nothing in it is unpickled. `export_stage` is the pipeline's export stage.
 """
 
 from __future__ import annotations
@@ -17,10 +17,12 @@ from typing import Any
 
 import torch
 
-from gptmini.atomic import atomic_dir
-from gptmini.checkpoint import load_checkpoint, model_from_checkpoint, weights_sha256
+from gptmini.core.atomic import atomic_dir
+from gptmini.core.hashing import weights_sha256
+from gptmini.data.tokenizers import Tokenizer, from_definition
 from gptmini.model import GPT
-from gptmini.tokenizer import Tokenizer, from_definition
+from gptmini.report import describe_model, describe_tokenizer, metrics_line, metrics_markdown
+from gptmini.training.checkpoint import load_checkpoint, model_from_checkpoint
 
 MODEL_FILE = "model.ts"
 PROGRAM_FILE = "model.pt2"
@@ -72,21 +74,75 @@ training and validation loss by step.
 
 def evaluation_record(ckpt: dict[str, Any], metrics: dict[str, Any],
                       weights_sha256: str, n_params: int) -> dict[str, Any]:
+    """evaluation_metrics.json: the validation metrics, the model (its `model` section of
+    params.yaml and the vocabulary size that with it rebuilds the model, the parameter
+    count, the step, the weights' hash) and the tokenizer's identity."""
     tokenizer = {k: v for k, v in ckpt["tokenizer"].items() if k != "vocab"}
+    config = {**ckpt["model_config"], "vocab_size": ckpt["tokenizer"]["vocab_size"]}
     return {
         "metrics": metrics,
-        "model": {"name": "GPT-Mini", "config": ckpt["model_config"], "parameters": n_params,
+        "model": {"name": "GPT-Mini", "config": config, "parameters": n_params,
                   "step": ckpt["step"], "weights_sha256": weights_sha256},
         "tokenizer": tokenizer,
     }
 
 
+def readme(record: dict[str, Any]) -> str:
+    """README.md: how to use the export with torch alone, then what this model is and how
+    it scored on the validation split. The same record gives the same bytes."""
+    metrics = record.get("metrics") or {}
+    scored = (f"Validation metrics:\n\n{metrics_markdown(metrics)}" if metrics_line(metrics)
+              else "No validation metrics were recorded.\n")
+    return (f"{USAGE}\n## This model\n\n{describe_model(record)}.\n\n{scored}")
+
+
 def export_program(model: GPT) -> torch.export.ExportedProgram:
-    """The forward pass as a torch.export program with a dynamic batch and sequence length."""
+    """The forward pass as a torch.export program with a dynamic batch and sequence length.
+    The nodes' stack traces (absolute paths of this checkout's files) are left out."""
     seq = torch.export.Dim("seq", min=1, max=model.block_size)
     batch = torch.export.Dim("batch", min=1, max=4096)
     example = torch.zeros(2, max(2, min(8, model.block_size)), dtype=torch.long)
-    return torch.export.export(model, (example,), dynamic_shapes={"idx": {0: batch, 1: seq}})
+    program = torch.export.export(model, (example,),
+                                  dynamic_shapes={"idx": {0: batch, 1: seq}})
+    for node in program.graph_module.graph.nodes:
+        node.meta.pop("stack_trace", None)
+    return program
+
+
+def reproducible_archive(data: bytes) -> bytes:
+    """A torch zip archive (TorchScript, torch.export) rewritten so that the same model gives
+    the same bytes wherever and whenever it is saved: TorchScript's `*.debug_pkl` source maps
+    (which hold the absolute path of model.py) are dropped, `.data/serialization_id` (partly
+    random) becomes a hash of the contents, and every entry gets one fixed date. TorchScript's
+    generated code also follows Python's string hashing, so the export stage runs with
+    PYTHONHASHSEED=0 (dvc.yaml)."""
+    import hashlib
+    import io
+    import zipfile
+
+    source = zipfile.ZipFile(io.BytesIO(data))
+    entries = [(info.filename, source.read(info)) for info in source.infolist()
+               if not info.filename.endswith(".debug_pkl")]
+    digest = hashlib.sha256()
+    for name, content in entries:
+        if not name.endswith(".data/serialization_id"):
+            digest.update(name.encode() + b"\0" + content)
+    serialization_id = str(int(digest.hexdigest(), 16))[:40].zfill(40).encode()
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as archive:
+        for name, content in entries:
+            if name.endswith(".data/serialization_id"):
+                content = serialization_id
+            archive.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), content)
+    return out.getvalue()
+
+
+def _save_archive(save: Any, obj: Any, path: Path) -> None:
+    import io
+
+    buffer = io.BytesIO()
+    save(obj, buffer)
+    path.write_bytes(reproducible_archive(buffer.getvalue()))
 
 
 def export(checkpoint: str | Path, metrics_json: str | Path, out_dir: str | Path, *,
@@ -107,14 +163,32 @@ def export(checkpoint: str | Path, metrics_json: str | Path, out_dir: str | Path
     with atomic_dir(out_dir) as tmp:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
-            torch.jit.save(scripted, str(tmp / MODEL_FILE))
-        torch.export.save(program, str(tmp / PROGRAM_FILE))
+            _save_archive(torch.jit.save, scripted, tmp / MODEL_FILE)
+        _save_archive(torch.export.save, program, tmp / PROGRAM_FILE)
         (tmp / TOKENIZER_FILE).write_text(json.dumps(ckpt["tokenizer"], indent=2) + "\n")
         (tmp / METRICS_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-        (tmp / "README.md").write_text(USAGE)
+        (tmp / "README.md").write_text(readme(record))
         for log, name in ((train_log, TRAIN_LOG_FILE), (eval_log, EVAL_LOG_FILE)):
             if log is not None and Path(log).is_file():
                 shutil.copyfile(log, tmp / name)
+    return record
+
+
+def export_stage(params: Any = None) -> dict[str, Any]:
+    """The pipeline's export stage: export the checkpoint with the evaluate stage's metrics
+    and the training logs to data/export/, and log evaluation_metrics.json and the export
+    to the pipeline's MLflow run. `params` (the stage runner's) is not needed."""
+    import mlflow
+
+    from gptmini.core import paths
+    from gptmini.training.tracking import pipeline_run
+
+    record = export(paths.CHECKPOINT, paths.EVALUATE_METRICS, paths.EXPORT_DIR,
+                    train_log=paths.TRAIN_LOG, eval_log=paths.EVAL_LOG)
+    with pipeline_run("export"):
+        mlflow.log_artifact(str(paths.EXPORT_DIR / METRICS_FILE))
+        mlflow.log_artifacts(str(paths.EXPORT_DIR), artifact_path="export")
+    print(f"exported to {paths.EXPORT_DIR}/: {describe_model(record)}")
     return record
 
 
@@ -183,15 +257,11 @@ def _size(n_bytes: int) -> str:
 def describe(exported: LoadedExport) -> str:
     """A few lines on what the export holds, for `gptmini info`."""
     record, directory = exported.record, exported.directory
-    model, metrics = record.get("model", {}), record.get("metrics", {})
-    config = model.get("config", {})
-    tok = exported.tokenizer.definition()
-    tokenizer = (f"char, {tok['vocab_size']} characters" if tok["kind"] == "char"
-                 else f"BPE, tiktoken {tok['encoding']!r}, {tok['vocab_size']:,} tokens")
+    model, metrics = record.get("model", {}), record.get("metrics") or {}
     files = {
         MODEL_FILE: "TorchScript: forward(ids) -> logits, generate(ids, ...) with a KV cache",
         PROGRAM_FILE: "torch.export program of forward (dynamic batch and sequence length)",
-        TOKENIZER_FILE: f"tokenizer: {tokenizer}",
+        TOKENIZER_FILE: f"tokenizer: {describe_tokenizer(exported.tokenizer.definition())}",
         METRICS_FILE: "validation metrics, model configuration, weights sha256",
         TRAIN_LOG_FILE: "training loss by step",
         EVAL_LOG_FILE: "train/validation loss estimates by step",
@@ -202,13 +272,8 @@ def describe(exported: LoadedExport) -> str:
         path = directory / name
         if path.is_file():
             lines.append(f"  {name:<24}{_size(path.stat().st_size):>8}  {what}")
-    lines.append(f"model: {model.get('name', 'GPT')}, {config.get('n_layer')} layers, "
-                 f"{config.get('n_head')} heads, embedding {config.get('n_embd')}, context "
-                 f"{config.get('block_size')}, {model.get('parameters', 0):,} parameters, "
-                 f"trained {model.get('step')} steps")
+    lines.append(f"model: {describe_model(record)}")
     lines.append(f"weights sha256: {model.get('weights_sha256')}")
-    if metrics:
-        lines.append(f"validation: BPC {metrics['bpc']:.4f}, perplexity "
-                     f"{metrics['perplexity']:.4f}, accuracy {metrics['accuracy']:.4f}, NLL "
-                     f"{metrics['nll']:.4f} nats/token over {metrics['tokens']:,} tokens")
+    if metrics_line(metrics):
+        lines.append(f"validation: {metrics_line(metrics)}")
     return "\n".join(lines)

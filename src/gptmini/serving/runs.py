@@ -98,14 +98,18 @@ def runs_table(tracking_uri: str, experiment: str, sort_by: str = "val_bpc",
 
 
 def format_table(table: Any) -> str:
-    """The table as aligned text: metrics to 4 decimals, integers as integers."""
+    """The table as aligned text: metrics as `gptmini.report` writes them, integers as
+    integers."""
+    from gptmini.report import format_number
+
     if table.empty:
         return "no runs"
     shown = table.copy()
     for column in ("layers", "embd", "heads", "context", "params", "steps", "batch"):
         shown[column] = shown[column].map(lambda v: "" if v != v else f"{int(v):,}")
-    for column in ("val_bpc", "perplexity", "accuracy"):
-        shown[column] = shown[column].map(lambda v: "" if v != v else f"{v:.4f}")
+    for column, key in (("val_bpc", "bpc"), ("perplexity", "perplexity"),
+                        ("accuracy", "accuracy")):
+        shown[column] = shown[column].map(lambda v, k=key: "" if v != v else format_number(k, v))
     shown["lr"] = shown["lr"].map(lambda v: "" if v != v else f"{v:g}")
     shown["wall_s"] = shown["wall_s"].map(lambda v: "" if v != v else f"{v:.0f}")
     return shown.fillna("").to_string(index=False)

@@ -1,5 +1,8 @@
-"""Exact evaluation over a whole token sequence: every token after the first is predicted
-exactly once, in consecutive non-overlapping windows of the model's context.
+"""Exact evaluation over a whole token sequence, and scoring any text with it.
+
+Every token after the first is predicted exactly once, in consecutive non-overlapping
+windows of the model's context: the evaluate stage, `gptmini evaluate` and the app all
+score through `evaluate_tokens` / `token_losses`, so they agree to the last digit.
 
 Bits per character divides the total NLL (in bits) by the characters the predicted
 tokens spell, so char and BPE models compare; for a char model it equals NLL / ln 2.
@@ -9,12 +12,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
+from gptmini.core.progress import progress_bar
+from gptmini.data.text import InputError, check_text
+from gptmini.data.tokenizers import Detokenizer, Tokenizer
 from gptmini.model import GPT
 
 
@@ -54,7 +60,7 @@ def _scored_windows(model: GPT, tokens: np.ndarray, batch_size: int,
     batches = [full[i:i + batch_size] for i in range(0, len(full), batch_size)]
     work = [(np.asarray(b)[:, None] + offsets) for b in batches]
     work += [np.arange(s, s + length + 1)[None, :] for s, length in tail]
-    for index in tqdm(work, desc="evaluate", disable=not progress):
+    for index in progress_bar(work, desc="evaluate", disable=not progress):
         ids = torch.from_numpy(np.asarray(tokens[index], dtype=np.int64)).to(device)
         x, y = ids[:, :-1], ids[:, 1:]
         yield index[:, 1:], model(x).float(), y
@@ -87,3 +93,50 @@ def token_losses(model: GPT, tokens: np.ndarray, *, batch_size: int = 32,
         nll_out[index] = F.cross_entropy(logits.transpose(1, 2), y, reduction="none").cpu()
         right_out[index] = (logits.argmax(-1) == y).cpu()
     return nll_out[1:], right_out[1:]
+
+
+# -- scoring any text (gptmini evaluate, the app) ----------------------------------------
+
+
+@dataclass(frozen=True)
+class EncodedText:
+    tokens: np.ndarray  # int64 ids of the whole text
+    n_chars: int        # characters spelled by tokens[1:], the predicted ones
+
+
+def encode_text(text: str, tokenizer: Tokenizer) -> EncodedText:
+    """Check and encode a text to score; it needs two tokens (the first is not predicted)."""
+    text = check_text(text, tokenizer, "the text")
+    ids = tokenizer.encode(text)
+    if len(ids) < 2:
+        raise InputError(f"the text is {len(ids)} token(s) long: it needs at least 2 (the "
+                         "first token is context, the model predicts the rest)")
+    n_chars = len(text) - len(tokenizer.decode(ids[:1]))
+    return EncodedText(np.asarray(ids, dtype=np.int64), n_chars)
+
+
+def score(model: torch.nn.Module, encoded: EncodedText, *, batch_size: int = 32,
+          progress: bool = False) -> dict[str, float]:
+    """The whole-text metrics, exactly as the evaluate stage computes them."""
+    return evaluate_tokens(model, encoded.tokens, encoded.n_chars, batch_size=batch_size,
+                           progress=progress)
+
+
+@dataclass(frozen=True)
+class Surprise:
+    metrics: dict[str, float]
+    pieces: list[tuple[str, float | None]]  # text of each token, its NLL in bits (None: first)
+
+
+def surprise(model: torch.nn.Module, tokenizer: Tokenizer, encoded: EncodedText, *,
+             batch_size: int = 32) -> Surprise:
+    """The metrics and, token by token, how many bits of surprise each one cost."""
+    nll, right = token_losses(model, encoded.tokens, batch_size=batch_size)
+    metrics = summarize(float(nll.sum()), int(right.sum()), len(nll), encoded.n_chars)
+    detokenizer = Detokenizer(tokenizer)
+    bits = [None, *(float(v) / math.log(2) for v in nll)]
+    pieces = [(detokenizer.piece(int(t)), b) for t, b in zip(encoded.tokens, bits, strict=True)]
+    tail = detokenizer.flush()
+    if tail:
+        pieces.append((tail, None))
+    return Surprise(metrics, pieces)

@@ -18,9 +18,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from gptmini.atomic import atomic_path, write_json
-from gptmini.download import sha256_file
-from gptmini.train import Distributed
+from gptmini.core.atomic import write_json, write_torch
+from gptmini.core.device import Distributed
+from gptmini.core.hashing import sha256_file
 
 
 def fingerprint(config: dict[str, Any], files: list[Path]) -> str:
@@ -64,8 +64,7 @@ class ResumeStore:
 
     def save(self, state: dict[str, Any], run_id: str | None) -> None:
         step = state["step"]
-        with atomic_path(self._file(step)) as tmp:
-            torch.save(state, tmp)
+        write_torch(self._file(step), state)
         self._barrier()
         if self.dist.is_main:
             write_json(self.manifest, {"step": step, "fingerprint": self.fingerprint,

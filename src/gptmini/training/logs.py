@@ -6,7 +6,7 @@ import csv
 from collections.abc import Sequence
 from pathlib import Path
 
-from gptmini.atomic import atomic_open, atomic_path
+from gptmini.core.atomic import atomic_open, atomic_path
 
 
 def write_csv(path: str | Path, rows: Sequence[dict[str, float]]) -> None:

@@ -5,9 +5,10 @@ Evaluate: NLL, perplexity, accuracy and BPC of pasted text, and the text coloure
 surprised the model was by each token. Model: evaluation_metrics.json, the parameter
 count and the training loss curve.
 
-``gptmini app`` (or ``python -m gptmini.app``) serves it on http://127.0.0.1:7860; other
-hosts only with ``--host``. Anything a user types that the model cannot take is a short
-message in the page (and for API clients), never a traceback, and the app keeps serving.
+``gptmini app`` (or ``python -m gptmini.serving.cli app``) serves it on
+http://127.0.0.1:7860; other hosts only with ``--host``. Anything a user types that the
+model cannot take is a short message in the page (and for API clients), never a traceback,
+and the app keeps serving.
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ from typing import Any
 import gradio as gr
 import torch
 
-from gptmini.export import EVAL_LOG_FILE, TRAIN_LOG_FILE, LoadedExport
-from gptmini.generate import Sampling, prepare_prompt, random_seed, stream
-from gptmini.inputs import InputError
-from gptmini.scoring import encode_text, surprise
+from gptmini.data.text import InputError
+from gptmini.evaluation.metrics import encode_text, surprise
+from gptmini.report import describe_model, metrics_line, metrics_markdown
+from gptmini.serving.export import EVAL_LOG_FILE, TRAIN_LOG_FILE, LoadedExport
+from gptmini.serving.generation import Sampling, prepare_prompt, random_seed, stream
 
 MAX_NEW_TOKENS = 2000       # per request, so one request cannot hold a worker for long
 MAX_PROMPT_CHARS = 100_000
@@ -44,18 +46,8 @@ def _user_error(exc: Exception) -> gr.Error:
     return gr.Error(html.escape(str(exc), quote=False), print_exception=False)
 
 
-def _whole(value: Any, name: str) -> int:
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise InputError(f"{name} = {value!r}: must be a whole number")
-    return value
-
-
-def _number(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InputError(f"{name} = {value!r}: must be a number")
-    return float(value)
+def _is_negative(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value < 0
 
 
 def _stats(n_chars: int, seconds: float, seed: int, notices: list[str], done: bool) -> str:
@@ -103,16 +95,6 @@ def surprise_html(pieces: list[tuple[str, float | None]]) -> str:
             f'{"".join(spans)}</div></div>')
 
 
-def metrics_markdown(metrics: dict[str, float]) -> str:
-    return ("| metric | value |\n|---|---|\n"
-            f"| NLL | {metrics['nll']:.4f} nats/token |\n"
-            f"| perplexity | {metrics['perplexity']:.4f} |\n"
-            f"| accuracy | {metrics['accuracy']:.4f} |\n"
-            f"| BPC | {metrics['bpc']:.4f} bits/char |\n"
-            f"| tokens predicted | {metrics['tokens']:,} |\n"
-            f"| characters | {metrics['chars']:,} |\n")
-
-
 def loss_frame(exported: LoadedExport) -> Any:
     """The training logs as one long table (step, loss, series), or None without logs."""
     import pandas as pd
@@ -137,24 +119,14 @@ def loss_frame(exported: LoadedExport) -> Any:
 
 
 def model_markdown(exported: LoadedExport) -> str:
-    model = exported.record.get("model", {})
-    config = model.get("config", {})
-    tok = exported.tokenizer.definition()
-    tokenizer = (f"characters ({tok['vocab_size']})" if tok["kind"] == "char"
-                 else f"BPE `{tok['encoding']}` ({tok['vocab_size']:,} tokens)")
-    return (f"**{model.get('parameters', 0):,} parameters** · {config.get('n_layer')} layers · "
-            f"{config.get('n_head')} heads · embedding {config.get('n_embd')} · context "
-            f"{config.get('block_size')} · tokenizer: {tokenizer} · trained "
-            f"{model.get('step')} steps · export `{exported.directory}`")
+    return f"{describe_model(exported.record)} · export `{exported.directory}`"
 
 
 def validation_markdown(exported: LoadedExport) -> str:
-    metrics = exported.record.get("metrics", {})
-    if not all(k in metrics for k in ("bpc", "perplexity", "accuracy", "nll")):
+    metrics = exported.record.get("metrics") or {}
+    if not metrics_line(metrics):
         return "No validation metrics in this export."
-    return (f"Validation ({metrics.get('tokens', 0):,} tokens): **BPC {metrics['bpc']:.4f}** · "
-            f"perplexity {metrics['perplexity']:.4f} · accuracy {metrics['accuracy']:.4f} · "
-            f"NLL {metrics['nll']:.4f} nats/token")
+    return f"### Validation\n\n{metrics_markdown(metrics)}"
 
 
 def build_app(exported: LoadedExport) -> gr.Blocks:
@@ -168,13 +140,11 @@ def build_app(exported: LoadedExport) -> gr.Blocks:
             if len(prompt) > MAX_PROMPT_CHARS:
                 raise InputError(f"the prompt is {len(prompt):,} characters: at most "
                                  f"{MAX_PROMPT_CHARS:,} here")
-            seed = None if seed is None or (_number(seed, "seed") < 0) else _whole(seed, "seed")
-            sampling = Sampling(max_new_tokens=_whole(length, "length"),
-                                temperature=_number(temperature, "temperature"),
-                                top_k=None if top_k is None else _whole(top_k, "top-k"),
-                                top_p=_number(top_p, "top-p"),
-                                seed=seed)
-            sampling.check(vocab_size, max_tokens=MAX_NEW_TOKENS)
+            if _is_negative(seed):
+                seed = None  # the field's "-1: random"
+            sampling = Sampling.from_user(length=length, temperature=temperature, top_k=top_k,
+                                          top_p=top_p, seed=seed, vocab_size=vocab_size,
+                                          max_tokens=MAX_NEW_TOKENS)
             checked = prepare_prompt(prompt, tokenizer, block_size)
         except InputError as exc:
             raise _user_error(exc) from None
@@ -211,7 +181,7 @@ def build_app(exported: LoadedExport) -> gr.Blocks:
             prompt = gr.Textbox(label="Prompt", value="ROMEO:", lines=3,
                                 max_length=MAX_PROMPT_CHARS, elem_id="prompt")
             # Plain number fields, not sliders: out-of-range values then reach
-            # Sampling.check, whose messages name the setting and what it allows.
+            # Sampling.from_user, whose messages name the setting and what it allows.
             with gr.Row():
                 temperature = gr.Number(value=0.8, step=0.05, label="Temperature",
                                         info=">= 0; 0 is greedy")
@@ -267,14 +237,4 @@ def serve(exported: LoadedExport, host: str = "127.0.0.1", port: int = 7860,
     demo.launch(server_name=host, server_port=port, show_error=False, ssr_mode=False,
                 enable_monitoring=False, mcp_server=False, footer_links=["api"],
                 max_file_size="1mb")
-
-
-def main(argv: list[str] | None = None) -> int:
-    from gptmini.cli import main as cli_main
-
-    return cli_main(["app", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())
 

@@ -1,98 +1,28 @@
 """The training loop: AdamW, linear warmup then cosine decay, gradient clipping, mixed
 precision, periodic train/val loss estimates, optional DistributedDataParallel, and a
 resumable state that restores every random number generator, so that a run killed at
-any moment and resumed ends with the same weights, bit for bit, as one never stopped."""
+any moment and resumed ends with the same weights, bit for bit, as one never stopped.
+
+The loop's history (step, loss, learning rate) is deterministic; timings (tokens/s, wall
+seconds) are reported to the caller separately and never enter the history.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 import random
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
-from tqdm import tqdm
 
-from gptmini.config import TrainConfig
+from gptmini.core.config import TrainConfig
+from gptmini.core.device import Distributed, autocast, seed_everything
+from gptmini.core.progress import progress_bar
 from gptmini.model import GPT, next_token_loss
-
-
-def pick_device(name: str, local_rank: int = 0) -> torch.device:
-    """`auto` picks cuda, then mps, then cpu; any other name is used as given."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            name = "cuda"
-        elif torch.backends.mps.is_available():
-            name = "mps"
-        else:
-            name = "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError("device 'cuda' was asked for but CUDA is not available")
-        return torch.device("cuda", local_rank)
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise RuntimeError("device 'mps' was asked for but MPS is not available")
-    return torch.device(name)
-
-
-def relaunch_with_torchrun(processes: int, script: str) -> int:
-    """Run `script` again on `processes` local processes under torchrun; its exit code."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc_per_node={processes}", script, *sys.argv[1:]]
-    return subprocess.run(cmd).returncode
-
-
-def init_distributed(device_name: str) -> tuple[Distributed, torch.device]:
-    """Join the torchrun job this process belongs to (nccl on CUDA, gloo on CPU), if any."""
-    if "LOCAL_RANK" not in os.environ:
-        return Distributed(), pick_device(device_name)
-    device = pick_device(device_name, int(os.environ["LOCAL_RANK"]))
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return Distributed(dist.get_rank(), dist.get_world_size()), device
-
-
-def cpu_has_fast_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def pick_dtype(name: str, device: torch.device) -> torch.dtype:
-    """`auto`: bfloat16 autocast where the hardware runs it fast, else float32."""
-    if name == "float32":
-        return torch.float32
-    if name == "bfloat16":
-        return torch.bfloat16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    if device.type == "cpu":
-        return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
-    return torch.float32
-
-
-def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
-    if dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 class BatchSampler:
@@ -144,35 +74,25 @@ def make_optimizer(model: GPT, cfg: TrainConfig, device: torch.device) -> torch.
 
 
 @dataclass
-class Distributed:
-    """This process's place in a torchrun job (rank 0 of 1 when not distributed)."""
-
-    rank: int = 0
-    world_size: int = 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def mean(self, value: float, device: torch.device) -> float:
-        if self.world_size == 1:
-            return value
-        t = torch.tensor([value], dtype=torch.float64, device=device)
-        dist.all_reduce(t)
-        return t.item() / self.world_size
-
-
-@dataclass
 class TrainResult:
     steps: int
     final_train_loss: float
     final_val_loss: float
     best_val_loss: float
     best_step: int
-    wall_seconds: float
-    tokens_per_second: float
-    history: list[dict[str, float]] = field(default_factory=list)
-    evals: list[dict[str, float]] = field(default_factory=list)
+    wall_seconds: float       # volatile: never written into an artifact
+    tokens_per_second: float  # volatile, likewise
+    history: list[dict[str, float]] = field(default_factory=list)  # step, loss, lr
+    evals: list[dict[str, float]] = field(default_factory=list)    # step, train/val loss
+
+    def summary(self) -> dict[str, float | int]:
+        """What the run reached: the same figures on every rerun with the same inputs."""
+        return {"steps": self.steps, "train_loss": self.final_train_loss,
+                "val_loss": self.final_val_loss, "best_val_loss": self.best_val_loss,
+                "best_step": self.best_step}
+
+    def timings(self) -> dict[str, float]:
+        return {"wall_seconds": self.wall_seconds, "tokens_per_second": self.tokens_per_second}
 
 
 StepLogger = Callable[[dict[str, float]], None]
@@ -289,8 +209,8 @@ class Trainer:
         batch = sampler.sample(self.device)
         start_step, session_start = self.step, time.perf_counter()
         start = session_start - self.elapsed  # the clock counts the steps before a resume too
-        bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train",
-                   disable=not (progress and self.dist.is_main))
+        bar = progress_bar(total=cfg.max_steps, initial=self.step, desc="train",
+                           disable=not (progress and self.dist.is_main))
         while self.step < cfg.max_steps:
             if self.step % cfg.eval_interval == 0:
                 self._evaluate(on_eval)
@@ -313,11 +233,10 @@ class Trainer:
             loss_value = loss.item()  # also synchronises the device, so the timing is honest
             if not math.isfinite(loss_value):
                 raise NonFiniteLoss(self.step, loss_value)
-            row = {"step": self.step, "loss": loss_value, "lr": lr,
-                   "tokens_per_second": tokens_per_step / (time.perf_counter() - t0)}
+            row = {"step": self.step, "loss": loss_value, "lr": lr}
             self.history.append(row)
             if on_step:
-                on_step(row)
+                on_step({**row, "tokens_per_second": tokens_per_step / (time.perf_counter() - t0)})
             bar.update()
             bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
             self.step += 1
@@ -340,9 +259,3 @@ class Trainer:
             tokens_per_second=(self.step - start_step) * tokens_per_step / (now - session_start),
             history=self.history, evals=self.evals)
 
-
-def train(model: GPT, train_tokens: np.ndarray, val_tokens: np.ndarray, cfg: TrainConfig,
-          device: torch.device, **run_kwargs: Any) -> tuple[TrainResult, torch.optim.Optimizer]:
-    """Train `model` in place for cfg.max_steps steps (no resume, one process)."""
-    trainer = Trainer(model, train_tokens, val_tokens, cfg, device)
-    return trainer.run(**run_kwargs), trainer.optimizer

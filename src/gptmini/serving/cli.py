@@ -23,21 +23,20 @@ def default_export_dir() -> Path:
     """$GPTMINI_EXPORT_DIR, else data/export of the project the working directory is in."""
     if os.environ.get(EXPORT_ENV):
         return Path(os.environ[EXPORT_ENV])
-    from gptmini.tracking import project_root
+    from gptmini.core.env import project_root
 
     return project_root() / "data" / "export"
 
 
-def _int_at_least(minimum: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{value} is less than {minimum}")
-        return value
-    return parse
+def _positive_int(text: str) -> int:
+    """For the flags that are not sampling values (threads, port, batch size, limit)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is less than 1")
+    return value
 
 
 def _add_export_dir(parser: argparse.ArgumentParser) -> None:
@@ -47,7 +46,7 @@ def _add_export_dir(parser: argparse.ArgumentParser) -> None:
 
 
 def _load(args: argparse.Namespace):
-    from gptmini.export import load_export
+    from gptmini.serving.export import load_export
 
     return load_export(args.export_dir or default_export_dir())
 
@@ -59,15 +58,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     import torch
 
-    from gptmini.generate import Sampling, prepare_prompt, random_seed, stream
-    from gptmini.inputs import printable
+    from gptmini.data.text import printable
+    from gptmini.serving.generation import Sampling, prepare_prompt, random_seed, stream
 
     torch.set_num_threads(args.threads)
     prompt_text = sys.stdin.read() if args.prompt == "-" else args.prompt
-    sampling = Sampling(max_new_tokens=args.length, temperature=args.temperature,
-                        top_k=args.top_k, top_p=args.top_p, seed=args.seed, stop=args.stop)
     exported = _load(args)
-    sampling.check(exported.tokenizer.vocab_size)
+    sampling = Sampling.from_user(length=args.length, temperature=args.temperature,
+                                  top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                                  stop=args.stop, vocab_size=exported.tokenizer.vocab_size)
     prompt = prepare_prompt(prompt_text, exported.tokenizer, exported.block_size)
     if sampling.seed is None:
         sampling = replace(sampling, seed=random_seed())
@@ -94,7 +93,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 # -- evaluate -------------------------------------------------------------------------------
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from gptmini.scoring import encode_text, score
+    from gptmini.evaluation.metrics import encode_text, score
+    from gptmini.report import metrics_text
 
     if args.file == "-":
         text = sys.stdin.read()
@@ -117,19 +117,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(metrics, indent=2, sort_keys=True))
         return 0
-    print(f"{args.file}: {metrics['tokens']:,} tokens predicted, {metrics['chars']:,} chars")
-    print(f"  NLL         {metrics['nll']:.4f} nats/token")
-    print(f"  perplexity  {metrics['perplexity']:.4f}")
-    print(f"  accuracy    {metrics['accuracy']:.4f}")
-    print(f"  BPC         {metrics['bpc']:.4f} bits/char")
+    print(f"{args.file}:")
+    print(metrics_text(metrics))
     return 0
 
 
 # -- runs -----------------------------------------------------------------------------------
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from gptmini.runs import format_table, runs_table
-    from gptmini.tracking import DEFAULT_EXPERIMENT, EXPERIMENT_ENV, tracking_uri
+    from gptmini.serving.runs import format_table, runs_table
+    from gptmini.training.tracking import DEFAULT_EXPERIMENT, EXPERIMENT_ENV, tracking_uri
 
     experiment = args.experiment or os.environ.get(EXPERIMENT_ENV) or DEFAULT_EXPERIMENT
     table = runs_table(args.tracking_uri or tracking_uri(), experiment, args.sort,
@@ -146,7 +143,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 # -- info -----------------------------------------------------------------------------------
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from gptmini.export import describe
+    from gptmini.serving.export import describe
 
     exported = _load(args)
     if args.json:
@@ -159,7 +156,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 # -- app ------------------------------------------------------------------------------------
 
 def cmd_app(args: argparse.Namespace) -> int:
-    from gptmini.app import serve
+    from gptmini.serving.app import serve
 
     serve(_load(args), host=args.host, port=args.port, threads=args.threads)
     return 0
@@ -177,7 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("prompt", nargs="?", default="",
                      help="the text to continue ('-' reads stdin; empty starts from a "
                           "newline; only the last context-length tokens are used)")
-    gen.add_argument("-n", "--length", type=_int_at_least(1), default=500, metavar="N",
+    # Sampling values are parsed as numbers here and checked by Sampling.from_user, the
+    # same check as the app's.
+    gen.add_argument("-n", "--length", type=int, default=500, metavar="N",
                      help="tokens to generate (characters for a char model; default 500)")
     gen.add_argument("-t", "--temperature", type=float, default=0.8,
                      help="sampling temperature, >= 0; 0 is greedy (default 0.8)")
@@ -194,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--no-echo", dest="echo", action="store_false",
                      help="print only the generated text, not the prompt before it")
     gen.add_argument("-q", "--quiet", action="store_true", help="no speed line on stderr")
-    gen.add_argument("--threads", type=_int_at_least(1), default=1, metavar="N",
+    gen.add_argument("--threads", type=_positive_int, default=1, metavar="N",
                      help="torch threads (default 1: one token at a time is too small a job "
                           "to split)")
     _add_export_dir(gen)
@@ -204,14 +203,14 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Score FILE with the exported model, every token after "
                         "the first predicted once (the same metrics as the evaluate stage).")
     ev.add_argument("file", metavar="FILE", help="a UTF-8 text file ('-' reads stdin)")
-    ev.add_argument("--batch-size", type=_int_at_least(1), default=32, metavar="N",
+    ev.add_argument("--batch-size", type=_positive_int, default=32, metavar="N",
                     help="windows per forward pass (default 32)")
     ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
     ev.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _add_export_dir(ev)
     ev.set_defaults(func=cmd_evaluate)
 
-    from gptmini.runs import COLUMNS
+    from gptmini.serving.runs import COLUMNS
 
     runs = sub.add_parser("runs", help="the MLflow runs as a table",
                           description="Every run of the MLflow experiment: tokenizer, key "
@@ -219,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--sort", default="val_bpc", choices=list(COLUMNS), metavar="COLUMN",
                       help=f"sort by this column (default val_bpc): {', '.join(COLUMNS)}")
     runs.add_argument("--descending", action="store_true", help="largest first")
-    runs.add_argument("--limit", type=_int_at_least(1), default=None, metavar="N",
+    runs.add_argument("--limit", type=_positive_int, default=None, metavar="N",
                       help="show the first N rows")
     runs.add_argument("--csv", action="store_true", help="print CSV instead of a table")
     runs.add_argument("--experiment", default=None,
@@ -242,8 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     app.add_argument("--host", default="127.0.0.1",
                      help="address to bind (default 127.0.0.1; 0.0.0.0 exposes it to the "
                           "network)")
-    app.add_argument("--port", type=_int_at_least(1), default=7860, help="port (default 7860)")
-    app.add_argument("--threads", type=_int_at_least(1), default=1, metavar="N",
+    app.add_argument("--port", type=_positive_int, default=7860, help="port (default 7860)")
+    app.add_argument("--threads", type=_positive_int, default=1, metavar="N",
                      help="torch threads per request (default 1)")
     _add_export_dir(app)
     app.set_defaults(func=cmd_app)
@@ -251,10 +250,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from gptmini.core.env import resolve_path_variables
+
+    resolve_path_variables()
     args = build_parser().parse_args(argv)
-    from gptmini.export import ExportError
-    from gptmini.inputs import InputError
-    from gptmini.runs import RunsError
+    from gptmini.data.text import InputError
+    from gptmini.serving.export import ExportError
+    from gptmini.serving.runs import RunsError
 
     try:
         return args.func(args)

@@ -1,6 +1,9 @@
 """Text generation for the CLI and the app: checked prompts and sampling settings, and a
 streaming iterator over the model's key/value-cache generation.
 
+`Sampling.from_user` is the one place where sampling values typed by a user (on the
+command line, in the app's fields, through the app's API) are converted and checked.
+
 The loop below calls the model's own `prefill`, `sample` and `extend`, the same steps as
 the TorchScript export's `generate`, so for a seed the library (eager or scripted model)
 and a torch-only user of `model.ts` get the same tokens.
@@ -12,13 +15,13 @@ import math
 import secrets
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
-from gptmini.detokenize import Detokenizer
-from gptmini.inputs import InputError, check_text
+from gptmini.data.text import InputError, check_text
+from gptmini.data.tokenizers import Detokenizer, Tokenizer
 from gptmini.model import GPT
-from gptmini.tokenizer import Tokenizer
 
 Model = GPT | torch.jit.ScriptModule  # anything with prefill / extend / sample / new_generator
 MAX_SEED = 2**63 - 1
@@ -35,6 +38,20 @@ class Sampling:
     top_p: float = 1.0
     seed: int | None = None
     stop: str | None = None
+
+    @classmethod
+    def from_user(cls, *, length: Any, temperature: Any, top_k: Any = None, top_p: Any = 1.0,
+                  seed: Any = None, stop: Any = None, vocab_size: int,
+                  max_tokens: int | None = None) -> Sampling:
+        """Checked settings from raw user values: whole floats (5.0, as number fields send
+        them) count as whole numbers, any finite number as a temperature or top-p; None is
+        off for top-k and stop and random for the seed. Anything else is an InputError
+        naming the setting and what it allows (see `check`)."""
+        sampling = cls(max_new_tokens=_whole(length), temperature=_real(temperature),
+                       top_k=None if top_k is None else _whole(top_k), top_p=_real(top_p),
+                       seed=None if seed is None else _whole(seed), stop=stop)
+        sampling.check(vocab_size, max_tokens)
+        return sampling
 
     def check(self, vocab_size: int, max_tokens: int | None = None) -> None:
         """An InputError with a clear message for the first value out of range."""
@@ -57,6 +74,18 @@ class Sampling:
                              f"{MAX_SEED} (leave it out for a random one)")
         if self.stop is not None and (not isinstance(self.stop, str) or self.stop == ""):
             raise InputError(f"stop = {self.stop!r}: must be a non-empty string")
+
+
+def _whole(value: Any) -> Any:
+    """5.0 -> 5; anything else as it is (for `check` to accept or name)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _real(value: Any) -> Any:
+    """An int (not a bool) as a float; anything else as it is."""
+    return float(value) if _is_int(value) else value
 
 
 def _is_int(value: object) -> bool:
@@ -153,8 +182,3 @@ def _partial_stop(text: str, stop: str) -> int:
             return n
     return 0
 
-
-def generate(model: Model, tokenizer: Tokenizer, prompt: Prompt | str,
-             sampling: Sampling) -> str:
-    """The whole generated text at once (see `stream`)."""
-    return "".join(stream(model, tokenizer, prompt, sampling))

@@ -7,7 +7,6 @@ Nothing is written unless the bytes match the expected hash.
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import os
 import shutil
@@ -16,24 +15,19 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from tqdm import tqdm
-
-from gptmini.atomic import atomic_path
+from gptmini.core import paths
+from gptmini.core.atomic import atomic_path
+from gptmini.core.config import Params
+from gptmini.core.hashing import sha256_file
+from gptmini.core.progress import progress_bar
+from gptmini.core.stage import StageError
 
 MIRROR_ENV = "GPTMINI_DATA_MIRROR"
 _CHUNK = 1 << 20
 
 
-class DownloadError(RuntimeError):
+class DownloadError(StageError):
     """The corpus could not be fetched, or its bytes do not match the expected hash."""
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(_CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _local_path(location: str) -> Path:
@@ -68,7 +62,7 @@ def _fetch(url: str, dest: Path, timeout: float) -> None:
     request = urllib.request.Request(url, headers={"User-Agent": "gptmini"})
     with urllib.request.urlopen(request, timeout=timeout) as response, open(dest, "wb") as out:
         total = response.length
-        with tqdm(total=total, unit="B", unit_scale=True, desc="download") as bar:
+        with progress_bar(total=total, unit="B", unit_scale=True, desc="download") as bar:
             received = 0
             while block := response.read(_CHUNK):
                 out.write(block)
@@ -99,4 +93,11 @@ def download(url: str, sha256: str, dest: str | Path, *, mirror: str | None = No
             if got != sha256:
                 raise DownloadError(f"{url}: sha256 mismatch: expected {sha256}, got {got}")
             origin = url
+    return origin
+
+
+def fetch_corpus(params: Params) -> str:
+    """The download stage: the verified corpus at ``data/raw/input.txt``; where it came from."""
+    origin = download(params.data.url, params.data.sha256, paths.CORPUS)
+    print(f"{paths.CORPUS}: sha256 {params.data.sha256} verified, from {origin}")
     return origin

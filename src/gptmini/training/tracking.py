@@ -15,20 +15,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from gptmini.core import paths
+from gptmini.core.atomic import write_json
+from gptmini.core.env import project_root
+
 EXPERIMENT_ENV = "MLFLOW_EXPERIMENT_NAME"
 DEFAULT_EXPERIMENT = "gptmini"
-
-
-def project_root(start: str | Path | None = None) -> Path:
-    """The nearest folder holding dvc.yaml; for a DVC temp workspace under
-    ``<root>/.dvc/tmp/exps/``, the checkout it was made from."""
-    here = Path(start or Path.cwd()).resolve()
-    root = next((p for p in [here, *here.parents] if (p / "dvc.yaml").is_file()), here)
-    parts = root.parts
-    for i in range(len(parts) - 3):
-        if parts[i:i + 3] == (".dvc", "tmp", "exps"):
-            return Path(*parts[:i])
-    return root
 
 
 def default_tracking_uri() -> str:
@@ -138,7 +130,7 @@ class MetricBuffer:
             self.client.log_batch(self.run_id, metrics=chunk)
 
 
-def read_run_id(run_json: str | Path) -> str | None:
+def read_run_id(run_json: str | Path = paths.RUN_JSON) -> str | None:
     """The run id the train stage left, or None when there is none to reopen."""
     import json
 
@@ -146,3 +138,16 @@ def read_run_id(run_json: str | Path) -> str | None:
         return json.loads(Path(run_json).read_text())["run_id"]
     except (FileNotFoundError, KeyError, json.JSONDecodeError):
         return None
+
+
+def write_run_id(run_id: str, run_json: str | Path = paths.RUN_JSON) -> None:
+    """Leave the run id for the later stages, outside every DVC output (it is random)."""
+    write_json(run_json, {"run_id": run_id})
+
+
+@contextmanager
+def pipeline_run(stage: str) -> Iterator[Any]:
+    """Reopen the pipeline's MLflow run (the one the train stage left) for a later stage;
+    a new run when there is none in this store."""
+    with mlflow_run(read_run_id(), run_name=stage, tags=provenance_tags()) as run:
+        yield run

@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
-from gptmini.atomic import atomic_path, write_json
-from gptmini.config import TokenizerConfig
-from gptmini.tokenizer import BpeTokenizer, CharTokenizer, Tokenizer
+from gptmini.core import paths
+from gptmini.core.atomic import atomic_path, write_json
+from gptmini.core.config import Params, TokenizerConfig
+from gptmini.core.progress import progress_bar
+from gptmini.data.tokenizers import BpeTokenizer, CharTokenizer, Tokenizer
 
 CHUNK_CHARS = 1 << 20
 SPLITS = ("train", "val")
@@ -80,7 +81,7 @@ def encode_split(path: Path, start: int, stop: int, tokenizer: Tokenizer, out: P
     """Encode characters [start, stop) of the corpus into the flat binary `out`."""
     n_tokens, batch = 0, []
     with atomic_path(out) as tmp, open(tmp, "wb") as fh, \
-            tqdm(total=stop - start, unit="char", unit_scale=True, desc=out.stem) as bar:
+            progress_bar(total=stop - start, unit="char", unit_scale=True, desc=out.stem) as bar:
 
         def flush() -> None:
             nonlocal n_tokens
@@ -126,3 +127,12 @@ def prepare(corpus: str | Path, out_dir: str | Path, cfg: TokenizerConfig,
 def load_tokens(path: str | Path, dtype: str | np.dtype) -> np.memmap:
     """Open a token file without reading it into memory."""
     return np.memmap(path, dtype=np.dtype(dtype), mode="r")
+
+
+def tokenize(params: Params) -> dict[str, Any]:
+    """The tokenize stage: the corpus into token files and ``metrics/tokenize.json``."""
+    counts = prepare(paths.CORPUS, paths.TOKENS_DIR, params.tokenizer)
+    write_json(paths.TOKENIZE_METRICS, counts)
+    print(f"{params.tokenizer.kind}: vocabulary {counts['vocab_size']}, "
+          f"train {counts['train']['tokens']:,} tokens, val {counts['val']['tokens']:,} tokens")
+    return counts

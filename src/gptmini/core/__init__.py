@@ -1,0 +1,2 @@
+"""The small core every stage shares: config, paths, atomic writes, environment, devices
+and distributed processes, hashing, progress, and the stage runner."""

@@ -1,0 +1,1 @@
+"""Data: the corpus download, the tokenizers, the token files, checks on user text."""

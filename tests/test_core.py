@@ -1,0 +1,72 @@
+"""The small core: path variables made absolute at entry points, and progress that stays
+readable in a log."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import REPO, TIKTOKEN_CACHE, needs_tiktoken
+from gptmini.core.env import absolute, checkout_of, resolve_path_variables
+from gptmini.core.progress import LOG_LINES, progress_bar
+
+
+def test_relative_path_variables_become_absolute_against_the_start_directory(tmp_path):
+    environ = {"TIKTOKEN_CACHE_DIR": "../cache", "GPTMINI_DATA_MIRROR": "file://mirror/x",
+               "GPTMINI_EXPORT_DIR": "/abs/export", "HOME": "relative/but/not/a/path/var"}
+    changed = resolve_path_variables(environ, cwd=tmp_path / "work")
+    assert environ["TIKTOKEN_CACHE_DIR"] == str(tmp_path / "cache")
+    assert environ["GPTMINI_DATA_MIRROR"] == f"file://{tmp_path / 'work/mirror/x'}"
+    assert environ["GPTMINI_EXPORT_DIR"] == "/abs/export"
+    assert environ["HOME"] == "relative/but/not/a/path/var"
+    assert set(changed) == {"TIKTOKEN_CACHE_DIR", "GPTMINI_DATA_MIRROR"}
+
+
+def test_a_dvc_temporary_workspace_resolves_against_its_checkout(tmp_path):
+    checkout = tmp_path / "repo"
+    workspace = checkout / ".dvc/tmp/exps/tmpabc123"
+    workspace.mkdir(parents=True)
+    (tmp_path / "shared/cache").mkdir(parents=True)
+    assert checkout_of(workspace) == checkout
+    assert checkout_of(checkout) is None
+    # "../shared/cache" exists only against the checkout the user typed it in.
+    assert absolute("../shared/cache", workspace) == str(tmp_path / "shared/cache")
+    # A path that exists in the workspace itself stays there.
+    (workspace / "data").mkdir()
+    assert absolute("data", workspace) == str(workspace / "data")
+
+
+@needs_tiktoken
+def test_the_bpe_export_check_passes_with_a_relative_tiktoken_cache(tmp_path):
+    """The README's `export TIKTOKEN_CACHE_DIR=../shared/tiktoken-cache`, verbatim: a test
+    session started with a relative cache path runs the BPE export check, whose subprocess
+    works in a temporary directory."""
+    cache = Path(os.environ.get("TIKTOKEN_CACHE_DIR", TIKTOKEN_CACHE))
+    env = {**os.environ, "TIKTOKEN_CACHE_DIR": os.path.relpath(cache, REPO)}
+    assert not Path(env["TIKTOKEN_CACHE_DIR"]).is_absolute()
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+         "tests/test_export.py::test_bpe_export_is_usable_with_torch_and_tiktoken_alone"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "1 passed" in proc.stdout
+
+
+def test_progress_is_a_few_lines_when_not_on_a_terminal():
+    log = io.StringIO()  # isatty() is False, like CI or `dvc repro > log`
+    with progress_bar(total=4000, desc="train", stream=log) as bar:
+        for _ in range(4000):
+            bar.update()
+    lines = log.getvalue().splitlines()
+    assert LOG_LINES <= len(lines) <= LOG_LINES + 3
+    assert "\r" not in log.getvalue()
+    assert lines[-1].startswith("train: 100%") and "4000/4000" in lines[-1]
+
+
+def test_progress_over_an_iterable_counts_it():
+    log = io.StringIO()
+    assert list(progress_bar(range(50), desc="evaluate", stream=log)) == list(range(50))
+    assert "50/50" in log.getvalue().splitlines()[-1]

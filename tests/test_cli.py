@@ -198,7 +198,7 @@ def test_runs_lists_the_mlflow_runs_sorted(tmp_path, capsys):
                                "train.learning_rate": 0.002})
             if bpc is not None:
                 mlflow.log_metrics({"bpc": bpc, "perplexity": 5.0, "accuracy": 0.5,
-                                    "train_wall_seconds": wall})
+                                    "train.wall_seconds": wall})
     code, out, _ = run(capsys, "runs", "--tracking-uri", uri, "--experiment", "gptmini-test")
     assert code == 0
     lines = out.splitlines()

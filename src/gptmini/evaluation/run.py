@@ -30,10 +30,9 @@ def evaluate(params: Params) -> dict[str, float]:
     metrics = evaluate_tokens(model, val, n_chars, batch_size=params.evaluate.batch_size,
                               device=pick_device(params.evaluate.device))
     write_json(paths.EVALUATE_METRICS, metrics)
-    with pipeline_run("evaluate"):
+    with pipeline_run("evaluate", flatten({"evaluate": params.to_dict()["evaluate"]})):
         import mlflow
 
-        mlflow.log_params(flatten({"evaluate": params.to_dict()["evaluate"]}))
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
     print(f"validation: {metrics_line(metrics)}")
     return metrics

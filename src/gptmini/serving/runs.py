@@ -52,7 +52,7 @@ def _wall_seconds(frame: Any) -> Any:
 
     duration = (pd.to_datetime(_column(frame, "end_time"))
                 - pd.to_datetime(_column(frame, "start_time"))).dt.total_seconds()
-    return pd.to_numeric(_column(frame, "metrics.train_wall_seconds"),
+    return pd.to_numeric(_column(frame, "metrics.train.wall_seconds"),
                          errors="coerce").fillna(duration)
 
 

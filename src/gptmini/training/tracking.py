@@ -146,8 +146,28 @@ def write_run_id(run_id: str, run_json: str | Path = paths.RUN_JSON) -> None:
 
 
 @contextmanager
-def pipeline_run(stage: str) -> Iterator[Any]:
-    """Reopen the pipeline's MLflow run (the one the train stage left) for a later stage;
-    a new run when there is none in this store."""
-    with mlflow_run(read_run_id(), run_name=stage, tags=provenance_tags()) as run:
+def pipeline_run(stage: str, params: dict[str, Any] | None = None) -> Iterator[Any]:
+    """Reopen the pipeline's MLflow run (the one the train stage left) for a later stage and
+    log `params` to it; a new run when there is none in this store. MLflow never changes a
+    logged param, so when `params` differ from the run's (e.g. `evaluate.batch_size` changed
+    and only evaluate reruns), the stage gets a run of its own, tagged with the training run
+    it continues, and the stages after it log there."""
+    import mlflow
+
+    run_id = read_run_id()
+    tags = provenance_tags()
+    if run_id is not None and params:
+        mlflow.set_tracking_uri(tracking_uri())
+        try:
+            logged = mlflow.get_run(run_id).data.params
+        except mlflow.exceptions.MlflowException:
+            logged = {}
+        if any(k in logged and logged[k] != str(v) for k, v in params.items()):
+            tags = {**tags, "gptmini.train_run_id": run_id}
+            run_id = None
+    with mlflow_run(run_id, run_name=stage, tags=tags) as run:
+        if params:
+            mlflow.log_params(params)
+        if run_id is None:
+            write_run_id(run.info.run_id)
         yield run

@@ -238,7 +238,7 @@ class Trainer:
             if on_step:
                 on_step({**row, "tokens_per_second": tokens_per_step / (time.perf_counter() - t0)})
             bar.update()
-            bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
+            bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", refresh=False)
             self.step += 1
             self.elapsed = time.perf_counter() - start
             if self.step % cfg.checkpoint_interval == 0 and self.step < cfg.max_steps \

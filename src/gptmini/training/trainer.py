@@ -22,7 +22,7 @@ import torch
 from gptmini.core.config import TrainConfig
 from gptmini.core.device import Distributed, autocast, seed_everything
 from gptmini.core.progress import progress_bar
-from gptmini.model import GPT, next_token_loss
+from gptmini.model import GPT
 
 
 class BatchSampler:
@@ -147,7 +147,7 @@ class Trainer:
             for _ in range(self.cfg.eval_iters):
                 x, y = sampler.sample(self.device)
                 with autocast(self.device, self.dtype):
-                    losses.append(next_token_loss(self.model(x), y).item())
+                    losses.append(self.model(x, y).item())
             out[split] = self.dist.mean(float(np.mean(losses)), self.device)
         self.model.train()
         return out
@@ -220,7 +220,8 @@ class Trainer:
             t0 = time.perf_counter()
             x, y = batch
             with autocast(self.device, self.dtype):
-                loss = next_token_loss(self.step_model(x), y)
+                # the loss comes out of the (DDP-wrapped) module's forward: see GPT.forward
+                loss = self.step_model(x, y)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip > 0:

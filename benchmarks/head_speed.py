@@ -11,7 +11,7 @@ A step is the trainer's: autocast in the dtype `pick_dtype(train.dtype)` picks (
 CPU with AVX512-BF16), the loss from `model(x, y)`, backward, gradient clipping, AdamW.
 The variants take turns step by step, so a change in machine load hits them alike; each
 figure is the median. Peak memory is the step's high-water mark: on a CPU the resident set
-(ru_maxrss) of a fresh process that builds the model and optimizer and runs one step, on
+(VmHWM) of a fresh process that builds the model and optimizer and runs one step, on
 CUDA `torch.cuda.max_memory_allocated`.
 
 Goal: a BPE step through the chunked head at most 4x a char step; exit 1 when missed.
@@ -27,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -89,6 +90,13 @@ def sync(device: torch.device) -> None:
 
 
 def max_rss_mb() -> float:
+    """This process's resident-set high-water mark. On Linux VmHWM, which starts afresh at
+    exec: ru_maxrss would carry over the parent's peak into a subprocess."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return kb / 1024 if sys.platform != "darwin" else kb / 2**20  # macOS counts bytes
 

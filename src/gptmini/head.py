@@ -75,9 +75,14 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
                                         device=weight.device)
         with torch.autocast(hidden.device.type, enabled=False):
             w = weight.to(dtype)
+            # one buffer for every chunk's logits: a fresh 100 MB each time costs the CPU
+            # as much in page faults as the softmax
+            buffer = torch.empty(min(chunk, n), weight.size(0), dtype=dtype,
+                                 device=hidden.device)
             for c in range(0, n, chunk):
                 h = hidden[c:c + chunk].to(dtype)
-                logits = h @ w.t()  # (chunk, V): becomes N x d loss / d logits in place
+                logits = torch.mm(h, w.t(), out=buffer[:h.size(0)])
+                # (rows, V): becomes N x d loss / d logits in place
                 for s in range(0, logits.size(0), piece):
                     rows = logits[s:s + piece]
                     at = slice(c + s, c + s + rows.size(0))

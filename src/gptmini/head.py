@@ -34,14 +34,17 @@ import torch
 # only add a Python loop; above it they dominate a step (gpt2: 50,257).
 PLAIN_HEAD_MAX_VOCAB = 1024
 
-# Positions whose logits one matmul makes: 1,024 x 50,257 in bf16 is 103 MB (the plain
-# head's batch of 8,192 positions, 0.8 GB + 1.6 GB + gradients). The matmuls of the weight
-# gradient sum over these positions, and every chunk adds a whole (V, C) partial sum into
-# the float32 accumulator, so a chunk of 64 spent as long on those additions as on its
-# logits; at 512 to 1,024 they are a few percent (benchmarks/head_speed.py --chunks).
+# Positions whose logits one matmul makes, into one buffer reused for every chunk: 1,024 x
+# 50,257 in bf16 is 103 MB (the plain head: 0.8 GB, a 1.6 GB float32 copy, and gradients
+# of as much). Each chunk adds a whole (V, C) partial weight gradient into the float32
+# accumulator (a conversion and an addition of 6.4M numbers for gpt2), so chunks of 64
+# positions spent about as long on those additions as on their softmax; with 1,024 a
+# batch of 8,192 positions makes 8 of them, a few percent of the head
+# (benchmarks/head_speed.py --chunks 256,512 compares).
 CHUNK = 1024
 # Positions whose softmax is taken at once in float32 within a chunk: 64 x 50,257 floats
-# (13 MB) stay in cache between the softmax and its conversion to the matmuls' dtype.
+# (13 MB) stay in cache from the softmax to its conversion to bf16; 128 rows and more at
+# once measured about 4x slower per element on the development CPU.
 PIECE = 64
 
 

@@ -89,12 +89,13 @@ def reference_tokens_per_second(cfg: ModelConfig, vocab: int, tokens: np.ndarray
 
 
 def project_run(cfg: ModelConfig, vocab: int, tokens: np.ndarray, train_cfg: TrainConfig,
-                device: torch.device, dtype: torch.dtype) -> tuple[Trainer, list[float]]:
-    """The project's trainer on these tokens, and its tokens/s at each step."""
+                steps: int, device: torch.device, dtype: torch.dtype
+                ) -> tuple[Trainer, list[float]]:
+    """The project's trainer on these tokens for `steps` steps, and its tokens/s at each."""
     torch.manual_seed(train_cfg.seed)
     split = int(len(tokens) * 0.9)
     trainer = Trainer(GPT(cfg, vocab), tokens[:split], tokens[split:], train_cfg, device,
-                      dtype=dtype)
+                      steps=steps, dtype=dtype)
     rates: list[float] = []
     trainer.run(progress=False, on_step=lambda row: rates.append(row["tokens_per_second"]))
     return trainer, rates
@@ -131,14 +132,15 @@ def main() -> None:
     fpt = flops_per_token(cfg, n_params)
 
     bench_cfg = TrainConfig(**{**tcfg.model_dump(), "batch_size": batch,
-                               "max_steps": args.warmup + args.steps, "warmup_steps": 1,
+                               "warmup_steps": 1,
                                "eval_interval": 10**6, "eval_iters": 1,
                                "checkpoint_interval": 10**6})
     ref_runs, proj_runs = [], []
     for _ in range(args.rounds):
         ref_runs.append(reference_tokens_per_second(cfg, vocab, tokens, batch, args.steps,
                                                     args.warmup, device))
-        _, rates = project_run(cfg, vocab, tokens, bench_cfg, device, dtype)
+        _, rates = project_run(cfg, vocab, tokens, bench_cfg, args.warmup + args.steps, device,
+                               dtype)
         proj_runs.append(statistics.median(rates[args.warmup:]))
     ref_tps, proj_tps = statistics.median(ref_runs), statistics.median(proj_runs)
 
@@ -159,13 +161,13 @@ def main() -> None:
 
     if args.loss_check:
         check_cfg = TrainConfig(**{**tcfg.model_dump(), "batch_size": batch,
-                                   "max_steps": args.loss_check,
                                    "eval_interval": max(1, args.loss_check // 4),
                                    "checkpoint_interval": 10**6, "keep_best": False})
         print(f"\nloss check: {args.loss_check} steps from the same start on the same batches")
         curves = {}
         for d in (torch.float32, torch.bfloat16):
-            curves[d] = project_run(cfg, vocab, tokens, check_cfg, device, d)[0].evals
+            curves[d] = project_run(cfg, vocab, tokens, check_cfg, args.loss_check, device,
+                                    d)[0].evals
         print(f"{'step':>6}{'val fp32':>11}{'val bf16':>11}{'diff':>9}")
         for a, b in zip(curves[torch.float32], curves[torch.bfloat16], strict=True):
             print(f"{a['step']:>6}{a['val_loss']:>11.4f}{b['val_loss']:>11.4f}"

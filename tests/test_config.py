@@ -63,9 +63,9 @@ BAD = [
     ("train.learning_rate", -1.0, "> 0.0"),
     ("train.learning_rate", float("nan"), "finite"),
     ("train.min_lr", 0.5, "<= train.learning_rate"),
-    ("train.warmup_steps", 5000, "< train.max_steps"),
     ("train.batch_size", 0, ">= 1"),
-    ("train.max_steps", 2.5, "must be int"),
+    ("train.budget_chars", 2.5, "must be int"),
+    ("train.budget_chars", 0, "must be >= 1 and <= 10000000000000"),
     ("train.device", "tpu", "one of auto, cpu, cuda, mps"),
     ("train.seed", True, "must be int"),
     ("tokenizer.kind", "word", "one of char, bpe"),
@@ -75,7 +75,7 @@ BAD = [
     ("evaluate.batch_size", -3, ">= 1"),
     # strict types: true is not 1, and 2.0 is not an int
     ("model.bias", 1, "must be bool"),
-    ("train.max_steps", 2.0, "must be int"),
+    ("train.budget_chars", 2.0, "must be int"),
     ("train.learning_rate", True, "must be float"),
     ("data.url", 7, "must be str"),
     ("train.grad_clip", float("inf"), "must be a finite number"),
@@ -98,7 +98,7 @@ def test_a_float_field_takes_an_int():
     assert lr == 1.0 and isinstance(lr, float)
 
 
-@pytest.mark.parametrize("key", ["train.max_steps", "model.bias", "data.sha256"])
+@pytest.mark.parametrize("key", ["train.budget_chars", "model.bias", "data.sha256"])
 def test_a_missing_key_is_an_error_naming_it(key):
     with pytest.raises(ConfigError) as err:
         parse_params(without(key))
@@ -174,6 +174,46 @@ def test_block_size_must_be_shorter_than_each_split():
         params.check_token_counts(10_000, 100)
 
 
+CHAR = (1_003_854, 1_003_854)  # the real corpus's train split: characters, char tokens
+GPT2 = (1_003_854, 301_966)    # and in gpt2 BPE tokens (3.32 characters a token)
+
+
+def test_the_char_budget_buys_the_default_2000_steps_and_bpe_the_same_text():
+    params = load_params(REPO / "params.yaml")
+    assert params.train.budget_chars == 2000 * 32 * 256
+    assert params.train_steps(*CHAR) == 2000
+    bpe_steps = params.train_steps(*GPT2)
+    assert bpe_steps == round(16_384_000 / (32 * 256 * 1_003_854 / 301_966)) == 602
+    # the same characters, to within half a step
+    assert abs(bpe_steps * 32 * 256 * GPT2[0] / GPT2[1] - 16_384_000) <= 32 * 256 * 3.33 / 2
+
+
+def test_the_budget_counts_every_process_and_rounds_to_the_nearest_step():
+    raw = with_value("train.processes", 2)
+    assert parse_params(raw).train_steps(*CHAR) == 1000  # each step reads 2 x 32 x 256
+    step = 32 * 256
+    for budget, steps in ((step * 10 + step // 2 - 1, 10), (step * 10 + step // 2 + 1, 11),
+                          (step // 2 + 1, 1)):
+        raw = with_value("train.budget_chars", budget)
+        raw["train"]["warmup_steps"] = 0
+        assert parse_params(raw).train_steps(1, 1) == steps
+
+
+def test_warmup_must_be_shorter_than_the_steps_the_budget_buys():
+    params = parse_params(with_value("train.warmup_steps", 602))
+    assert params.train_steps(*CHAR) == 2000
+    with pytest.raises(ConfigError) as err:
+        params.train_steps(*GPT2)
+    assert str(err.value) == (
+        "params.yaml: train.warmup_steps = 602: must be < the 602 steps that "
+        "train.budget_chars = 16384000 buys, 32 x 1 x 256 tokens a step (batch_size x "
+        "processes x block_size) at 3.324 characters per token")
+    tiny = parse_params(with_value("train.budget_chars", 100))
+    with pytest.raises(ConfigError, match=r"^params.yaml: train.budget_chars = 100: must buy "
+                                          r"at least one step of 32 x 1 x 256 tokens"):
+        tiny.train_steps(*CHAR)
+
+
 def schema_text() -> str:
     return json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"
 
@@ -208,7 +248,7 @@ SCHEMA_BAD = {
     "bad pattern": with_value("data.sha256", "abc"),
     "unknown key": with_value("train.learning_rat", 0.1),
     "unknown section": with_value("trian", {}),
-    "missing key": without("train.max_steps"),
+    "missing key": without("train.budget_chars"),
 }
 
 

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from conftest import model_config
-from gptmini.evaluation.metrics import evaluate_tokens, summarize
+from gptmini.evaluation.metrics import evaluate_tokens, summarize, token_losses
+from gptmini.head import PLAIN_HEAD_MAX_VOCAB
 from gptmini.model import GPT
 
 
@@ -26,12 +27,16 @@ def test_char_bpc_equals_nll_over_ln2():
     assert m["bpc"] == pytest.approx(m["nll"] / math.log(2))
 
 
+BPE_SIZED = PLAIN_HEAD_MAX_VOCAB + 500  # scored through the chunked head
+
+
+@pytest.mark.parametrize("vocab", [11, BPE_SIZED])
 @pytest.mark.parametrize("n_tokens", [33, 65, 100])
-def test_every_token_is_predicted_once_with_its_window_context(n_tokens):
+def test_every_token_is_predicted_once_with_its_window_context(n_tokens, vocab):
     torch.manual_seed(0)
     cfg = model_config(block_size=16, n_layer=1, n_head=2, n_embd=16)
-    model = GPT(cfg, 11).eval()
-    tokens = np.random.default_rng(0).integers(0, 11, size=n_tokens).astype(np.uint16)
+    model = GPT(cfg, vocab).eval()
+    tokens = np.random.default_rng(0).integers(0, vocab, size=n_tokens).astype(np.uint16)
     got = evaluate_tokens(model, tokens, n_chars=n_tokens - 1, batch_size=2, progress=False)
     # Reference: one window at a time, no batching.
     total, correct = 0.0, 0
@@ -48,12 +53,11 @@ def test_every_token_is_predicted_once_with_its_window_context(n_tokens):
     assert got["accuracy"] == pytest.approx(correct / (n_tokens - 1))
 
 
-def test_token_losses_are_the_per_token_terms_of_evaluate_tokens():
-    from gptmini.evaluation.metrics import token_losses
-
+@pytest.mark.parametrize("vocab", [11, BPE_SIZED])
+def test_token_losses_are_the_per_token_terms_of_evaluate_tokens(vocab):
     torch.manual_seed(1)
-    model = GPT(model_config(block_size=16, n_layer=1, n_head=2, n_embd=16), 11).eval()
-    tokens = np.random.default_rng(1).integers(0, 11, size=70).astype(np.uint16)
+    model = GPT(model_config(block_size=16, n_layer=1, n_head=2, n_embd=16), vocab).eval()
+    tokens = np.random.default_rng(1).integers(0, vocab, size=70).astype(np.uint16)
     nll, right = token_losses(model, tokens, batch_size=2)
     whole = evaluate_tokens(model, tokens, n_chars=69, batch_size=2, progress=False)
     assert nll.shape == right.shape == (69,)
@@ -64,3 +68,38 @@ def test_token_losses_are_the_per_token_terms_of_evaluate_tokens():
         logits = model(torch.from_numpy(tokens[16:20].astype(np.int64))[None])
     assert nll[19] == pytest.approx(
         F.cross_entropy(logits[0, -1], torch.tensor(int(tokens[20]))).item(), rel=1e-5)
+
+
+def test_a_char_model_is_scored_through_the_logits_exactly_as_before():
+    """The char path of evaluate_tokens and token_losses is the computation they had before
+    the chunked head, to the bit: the default run's validation numbers do not move."""
+    torch.manual_seed(2)
+    model = GPT(model_config(block_size=16, n_layer=1, n_head=2, n_embd=16), 65).eval()
+    tokens = np.random.default_rng(2).integers(0, 65, size=16 * 5 + 1).astype(np.uint16)
+    ids = torch.from_numpy(tokens.astype(np.int64))
+    windows = torch.stack([ids[s:s + 17] for s in range(0, 80, 16)])  # 5 full windows
+    with torch.no_grad():
+        logits = model(windows[:, :-1]).float()
+    y = windows[:, 1:]
+    total = F.cross_entropy(logits.reshape(-1, 65), y.reshape(-1), reduction="sum").item()
+    got = evaluate_tokens(model, tokens, n_chars=80, batch_size=5, progress=False)
+    assert got["nll"] == total / 80
+    assert got["accuracy"] == int((logits.argmax(-1) == y).sum()) / 80
+    nll, _ = token_losses(model, tokens, batch_size=5)
+    assert np.array_equal(nll, F.cross_entropy(logits.transpose(1, 2), y,
+                                               reduction="none").flatten().numpy())
+
+
+def test_a_bpe_sized_batch_never_makes_its_whole_logits(monkeypatch):
+    """evaluate_tokens scores a large vocabulary a chunk of positions at a time."""
+    import gptmini.evaluation.metrics as metrics
+
+    torch.manual_seed(3)
+    model = GPT(model_config(block_size=16, n_layer=1, n_head=2, n_embd=16), BPE_SIZED).eval()
+    tokens = np.random.default_rng(3).integers(0, BPE_SIZED, size=200).astype(np.uint16)
+    seen = []
+    real = metrics.head_scores
+    monkeypatch.setattr(metrics, "head_scores", lambda *a: seen.append(a[0].shape) or real(*a))
+    monkeypatch.setattr(GPT, "forward", lambda *a: pytest.fail("the full logits were made"))
+    evaluate_tokens(model, tokens, n_chars=199, batch_size=8, progress=False)
+    assert seen and seen[0] == (8, 16, 16)

@@ -21,7 +21,8 @@ from gptmini.training.checkpoint import load_checkpoint, model_from_checkpoint
 from pipeline_project import PipelineProject
 
 pytestmark = pytest.mark.slow
-LONG = {"max_steps": 400, "checkpoint_interval": 25, "eval_interval": 100}
+STEPS = 400  # budget_chars buys steps of 8 x 32 tokens (TINY_PARAMS) of 1 character each
+LONG = {"budget_chars": STEPS * 8 * 32, "checkpoint_interval": 25, "eval_interval": 100}
 
 
 def weights_of(project: PipelineProject) -> str:
@@ -86,7 +87,7 @@ def test_killed_training_resumes_to_bit_identical_weights(tmp_path_factory, corp
     else:
         pytest.fail("training finished before it could be killed, three times")
     saved_step = json.loads(manifest.read_text())["step"]
-    assert 0 < saved_step < LONG["max_steps"]
+    assert 0 < saved_step < STEPS
     assert not (project.root / "data/model/ckpt.pt").exists()
 
     rerun = project.run("dvc", "repro")
@@ -100,11 +101,11 @@ def test_killed_training_resumes_to_bit_identical_weights(tmp_path_factory, corp
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert runs[0].data.tags["resumed_from_step"] == str(saved_step)
     history = mlflow.MlflowClient().get_metric_history(runs[0].info.run_id, "train_loss")
-    assert sorted(m.step for m in history) == list(range(LONG["max_steps"]))
+    assert sorted(m.step for m in history) == list(range(STEPS))
 
 
 def test_changed_params_do_not_resume_a_stale_state(tmp_path_factory, corpus):
-    project = make_project(tmp_path_factory, corpus, "stale", max_steps=30,
+    project = make_project(tmp_path_factory, corpus, "stale", budget_chars=30 * 8 * 32,
                            checkpoint_interval=10)
     project.run("dvc", "repro", "tokenize")
     state = project.root / "data/train_state"
@@ -117,7 +118,9 @@ def test_changed_params_do_not_resume_a_stale_state(tmp_path_factory, corpus):
 
 
 def test_two_processes_train_one_model_and_write_one_checkpoint(tmp_path_factory, corpus):
-    project = make_project(tmp_path_factory, corpus, "ddp", processes=2, max_steps=30)
+    # 30 steps, each of 2 processes x 8 x 32 characters
+    project = make_project(tmp_path_factory, corpus, "ddp", processes=2,
+                           budget_chars=30 * 2 * 8 * 32)
     project.run("dvc", "repro", "tokenize")
     out = project.run("dvc", "repro", "train")
     hashes = dict(re.findall(r"rank (\d)/2: weights sha256 ([0-9a-f]{64})",
@@ -153,4 +156,4 @@ def test_a_bad_param_stops_the_stage_with_one_line_and_no_outputs(tmp_path_facto
 
 def test_checkpoint_loads_with_weights_only(reference):
     state = torch.load(reference.root / "data/model/ckpt.pt", weights_only=True)
-    assert state["step"] == LONG["max_steps"]
+    assert state["step"] == STEPS

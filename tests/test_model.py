@@ -45,12 +45,12 @@ def test_scripted_model_matches_eager():
 
 
 def test_learning_rate_schedule_warms_up_then_decays_to_min():
-    cfg = train_config(max_steps=100, warmup_steps=10, learning_rate=1e-2, min_lr=1e-4)
-    assert lr_at(0, cfg) == pytest.approx(1e-3)
-    assert lr_at(9, cfg) == pytest.approx(1e-2)
-    assert lr_at(10, cfg) == pytest.approx(1e-2)
-    assert lr_at(100, cfg) == pytest.approx(1e-4)
-    lrs = [lr_at(s, cfg) for s in range(10, 101)]
+    cfg = train_config(warmup_steps=10, learning_rate=1e-2, min_lr=1e-4)
+    assert lr_at(0, cfg, 100) == pytest.approx(1e-3)
+    assert lr_at(9, cfg, 100) == pytest.approx(1e-2)
+    assert lr_at(10, cfg, 100) == pytest.approx(1e-2)
+    assert lr_at(100, cfg, 100) == pytest.approx(1e-4)
+    lrs = [lr_at(s, cfg, 100) for s in range(10, 101)]
     assert all(a >= b for a, b in zip(lrs, lrs[1:], strict=False))
 
 
@@ -60,9 +60,9 @@ def test_loss_falls_on_a_tiny_corpus():
     ids = np.asarray(tok.encode(text), dtype=np.uint16)
     split = int(len(ids) * 0.9)
     model = GPT(TINY, tok.vocab_size)
-    cfg = train_config(max_steps=150, warmup_steps=10, batch_size=16, learning_rate=3e-3,
+    cfg = train_config(warmup_steps=10, batch_size=16, learning_rate=3e-3,
                        eval_interval=50, eval_iters=4, seed=1, dtype="float32")
-    trainer = Trainer(model, ids[:split], ids[split:], cfg, torch.device("cpu"))
+    trainer = Trainer(model, ids[:split], ids[split:], cfg, torch.device("cpu"), steps=150)
     result = trainer.run(progress=False)
     first, last = result.evals[0], result.evals[-1]
     assert first["val_loss"] == pytest.approx(np.log(tok.vocab_size), abs=0.3)

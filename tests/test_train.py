@@ -28,14 +28,14 @@ def tokens():
     return tok.vocab_size, ids[:split], ids[split:]
 
 
-def tiny_trainer(tokens, **cfg) -> Trainer:
+def tiny_trainer(tokens, steps=30, **cfg) -> Trainer:
     vocab, train_ids, val_ids = tokens
     torch.manual_seed(0)
     model = GPT(model_config(block_size=16, n_layer=1, n_head=2, n_embd=16), vocab)
-    defaults = {"max_steps": 30, "warmup_steps": 2, "batch_size": 4, "eval_interval": 10,
+    defaults = {"warmup_steps": 2, "batch_size": 4, "eval_interval": 10,
                 "eval_iters": 2, "checkpoint_interval": 5, "dtype": "float32"}
     return Trainer(model, train_ids, val_ids, train_config(**{**defaults, **cfg}),
-                   torch.device("cpu"))
+                   torch.device("cpu"), steps=steps)
 
 
 def test_a_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_state(tokens, tmp_path):
@@ -60,7 +60,7 @@ def test_resume_in_process_gives_the_same_weights(tokens, tmp_path):
     straight = tiny_trainer(tokens)
     straight.run(progress=False)
     saved = {}
-    first = tiny_trainer(tokens, max_steps=30)
+    first = tiny_trainer(tokens, steps=30)
 
     class Stop(Exception):
         pass
@@ -82,7 +82,7 @@ def test_resume_in_process_gives_the_same_weights(tokens, tmp_path):
 
 
 def test_keep_best_restores_the_weights_with_the_lowest_val_estimate(tokens):
-    trainer = tiny_trainer(tokens, learning_rate=0.5, min_lr=0.5, max_steps=40)
+    trainer = tiny_trainer(tokens, learning_rate=0.5, min_lr=0.5, steps=40)
     result = trainer.run(progress=False)
     best = min(trainer.evals, key=lambda r: r["val_loss"])
     assert result.best_val_loss == best["val_loss"] and result.best_step == best["step"]
@@ -122,7 +122,7 @@ def tiny_params(**train):
 
     raw = default_params()
     raw["model"].update(n_layer=1, n_embd=16, n_head=2, block_size=16)
-    raw["train"].update(device="cpu", batch_size=4, max_steps=12, warmup_steps=2,
+    raw["train"].update(device="cpu", batch_size=4, budget_chars=12 * 4 * 16, warmup_steps=2,
                         eval_interval=5, eval_iters=2, checkpoint_interval=5, dtype="float32",
                         **train)
     return parse_params(raw)
@@ -164,7 +164,9 @@ def test_the_train_stage_writes_its_outputs_and_one_mlflow_run(tmp_path, monkeyp
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
     run = mlflow.get_run(run_id)
     assert run.info.status == "FINISHED"
-    assert run.data.params["train.max_steps"] == "12"
+    assert run.data.params["train.budget_chars"] == str(12 * 4 * 16)
+    assert run.data.params["train.steps"] == "12"
+    assert run.data.params["train.chars_per_token"] == "1.0"
     assert run.data.metrics["train.best_val_loss"] == summary["best_val_loss"]
     assert run.data.metrics["train.wall_seconds"] == timings["wall_seconds"]
     assert not (root / "data/train_state").exists()

@@ -10,6 +10,11 @@ Generation runs incrementally with a key/value cache: `prefill` reads the prompt
 `sample` draws the next token (temperature, top-k, top-p, a seeded torch.Generator).
 `generate` is the loop over those three; it is a TorchScript method of the export, so
 eager and scripted models run the same code and draw the same tokens for the same seed.
+
+Training calls `model(idx, targets)`, which returns the loss instead of the logits: through
+the module's own `forward`, so DistributedDataParallel sees it, and for a large vocabulary
+through the chunked head of `gptmini.head`, which never makes the (B, T, V) logits.
+`hidden` gives the final hidden states, which the evaluation scores the same way.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gptmini.core.config import ModelConfig
+from gptmini.head import CHUNK, chunked_head, head_loss
 
 
 class CausalSelfAttention(nn.Module):
@@ -114,6 +120,8 @@ class GPT(nn.Module):
         self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
         self.lm_head = nn.Linear(cfg.n_embd, vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # weight tying
+        self.chunked_head = chunked_head(vocab_size)
+        self.head_chunk = CHUNK  # positions per chunk of the chunked head
 
         self.apply(self._init_weights)
         # GPT-2: scale the residual projections by 1/sqrt(2 * n_layer)
@@ -134,8 +142,10 @@ class GPT(nn.Module):
         """Each parameter counted once (the tied head shares the token embedding)."""
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        """Token ids (B, T) with T <= block_size → next-token logits (B, T, vocab_size)."""
+    @torch.jit.export
+    def hidden(self, idx: torch.Tensor) -> torch.Tensor:
+        """Token ids (B, T) with T <= block_size → the final hidden states (B, T, n_embd),
+        after the last LayerNorm: the head's input."""
         t = idx.size(1)
         if t > self.block_size:
             raise ValueError(f"sequence of {t} tokens is longer than the context of "
@@ -144,7 +154,22 @@ class GPT(nn.Module):
         x = self.drop(self.wte(idx) + self.wpe(pos))
         for block in self.blocks:
             x = block(x)
-        return self.lm_head(self.ln_f(x))
+        return self.ln_f(x)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+        """Token ids (B, T) with T <= block_size → next-token logits (B, T, vocab_size); with
+        targets (B, T), the mean cross-entropy against them instead (`next_token_loss`),
+        for a vocabulary above `gptmini.head.PLAIN_HEAD_MAX_VOCAB` without the logits."""
+        x = self.hidden(idx)
+        if targets is None:
+            return self.lm_head(x)
+        if self.chunked_head and not torch.jit.is_scripting():
+            return self._chunked_loss(x, targets)
+        return next_token_loss(self.lm_head(x), targets)
+
+    @torch.jit.unused
+    def _chunked_loss(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return head_loss(x, self.lm_head.weight, targets, self.head_chunk)
 
     # -- generation with a key/value cache ------------------------------------------------
 

@@ -15,6 +15,7 @@ import argparse
 import difflib
 import json
 import sys
+from fractions import Fraction
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -94,7 +95,9 @@ class TrainConfig(_Strict):
     seed: int = Field(ge=0, le=2**32 - 1)
     device: Device
     batch_size: int = Field(ge=1, le=65536)
-    max_steps: int = Field(ge=1, le=10_000_000)
+    budget_chars: int = Field(ge=1, le=10**13, description=(
+        "characters of training text to read; the number of steps follows from the batch, "
+        "the context, the processes and the train split's characters per token"))
     learning_rate: Float = Field(gt=0.0, le=1.0)
     min_lr: Float = Field(ge=0.0, le=1.0)
     warmup_steps: int = Field(ge=0)
@@ -116,9 +119,6 @@ class TrainConfig(_Strict):
         if self.min_lr > self.learning_rate:
             raise ConfigError(f"params.yaml: train.min_lr = {self.min_lr}: must be <= "
                               f"train.learning_rate = {self.learning_rate}")
-        if self.warmup_steps >= self.max_steps:
-            raise ConfigError(f"params.yaml: train.warmup_steps = {self.warmup_steps}: must be < "
-                              f"train.max_steps = {self.max_steps}")
         return self
 
 
@@ -138,6 +138,33 @@ class Params(_Strict):
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return self.model_dump()
+
+    def train_steps(self, train_chars: int, train_tokens: int) -> int:
+        """The optimizer steps that train.budget_chars buys: budget_chars / (batch_size x
+        processes x block_size x chars per token), with the train split's characters and
+        tokens (the tokenize stage's counts), rounded to the nearest step (halves to even).
+        A step reads batch_size x processes windows of block_size tokens, so changing only
+        the tokenizer reads the same amount of text. For the char tokenizer (1 character a
+        token) the default budget, 16,384,000, is 2,000 steps of 32 x 256.
+        warmup_steps must be fewer than the steps."""
+        cfg, block = self.train, self.model.block_size
+        if train_chars < 1 or train_tokens < 1:
+            raise ConfigError(f"the train split has {train_chars} characters in "
+                              f"{train_tokens} tokens: no budget can be spent on it")
+        tokens_per_step = cfg.batch_size * cfg.processes * block
+        # budget / (tokens_per_step * chars / tokens), in integers: no float rounding
+        steps = round(Fraction(cfg.budget_chars * train_tokens, tokens_per_step * train_chars))
+        step = (f"{cfg.batch_size} x {cfg.processes} x {block} tokens a step (batch_size x "
+                f"processes x block_size) at {train_chars / train_tokens:.4g} characters "
+                f"per token")
+        if steps < 1:
+            raise ConfigError(f"params.yaml: train.budget_chars = {cfg.budget_chars}: must "
+                              f"buy at least one step of {step}")
+        if cfg.warmup_steps >= steps:
+            raise ConfigError(f"params.yaml: train.warmup_steps = {cfg.warmup_steps}: must be "
+                              f"< the {steps} steps that train.budget_chars = "
+                              f"{cfg.budget_chars} buys, {step}")
+        return steps
 
     def check_token_counts(self, train_tokens: int, val_tokens: int) -> None:
         """Each split must hold more tokens than one context window."""
@@ -219,7 +246,8 @@ def json_schema() -> dict[str, Any]:
             "title": "GPT-Mini params.yaml",
             "description": f"Every setting of the GPT-Mini pipeline; {SOURCE}. Relations between "
                            "keys (n_embd divisible by n_head, min_lr <= learning_rate, "
-                           "warmup_steps < max_steps) are checked by src/gptmini/core/config.py."}
+                           "warmup_steps < the steps budget_chars buys) are checked by "
+                           "src/gptmini/core/config.py."}
 
 
 def main(argv: list[str] | None = None) -> None:

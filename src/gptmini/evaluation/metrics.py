@@ -4,6 +4,10 @@ Every token after the first is predicted exactly once, in consecutive non-overla
 windows of the model's context: the evaluate stage, `gptmini evaluate` and the app all
 score through `evaluate_tokens` / `token_losses`, so they agree to the last digit.
 
+A large vocabulary (BPE) is scored a chunk of positions at a time through the model's
+final hidden states (`gptmini.head.head_scores`), never the whole (batch, context, V)
+logits; a small one (char) through the logits, exactly as before.
+
 Bits per character divides the total NLL (in bits) by the characters the predicted
 tokens spell, so char and BPE models compare; for a char model it equals NLL / ln 2.
 """
@@ -21,6 +25,7 @@ import torch.nn.functional as F
 from gptmini.core.progress import progress_bar
 from gptmini.data.text import InputError, check_text
 from gptmini.data.tokenizers import Detokenizer, Tokenizer
+from gptmini.head import chunked_head, head_scores
 from gptmini.model import GPT
 
 
@@ -44,11 +49,11 @@ def _windows(n: int, block: int) -> list[tuple[int, int]]:
     return [(s, min(block, n - 1 - s)) for s in range(0, n - 1, block)]
 
 
-def _scored_windows(model: GPT, tokens: np.ndarray, batch_size: int,
-                    device: torch.device | str, progress: bool
-                    ) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
-    """For each batch of windows: the indices of the predicted tokens (b, t), the logits
-    (b, t, V) in float32 and the targets (b, t)."""
+def _windows_in_batches(model: torch.nn.Module, tokens: np.ndarray, batch_size: int,
+                        device: torch.device | str, progress: bool
+                        ) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
+    """For each batch of windows: the indices of the predicted tokens (b, t), the input ids
+    (b, t) and the targets (b, t)."""
     if len(tokens) < 2:
         raise ValueError("need at least two tokens to evaluate")
     model.eval().to(device)
@@ -62,8 +67,32 @@ def _scored_windows(model: GPT, tokens: np.ndarray, batch_size: int,
     work += [np.arange(s, s + length + 1)[None, :] for s, length in tail]
     for index in progress_bar(work, desc="evaluate", disable=not progress):
         ids = torch.from_numpy(np.asarray(tokens[index], dtype=np.int64)).to(device)
-        x, y = ids[:, :-1], ids[:, 1:]
-        yield index[:, 1:], model(x).float(), y
+        yield index[:, 1:], ids[:, :-1], ids[:, 1:]
+
+
+def _plain_head(model: torch.nn.Module) -> bool:
+    """Whether to score through the full logits, as the model's own training loss does for
+    its vocabulary (`gptmini.head.chunked_head`); an export made before the chunked head
+    (no `hidden` method) is scored that way too."""
+    return not chunked_head(model.lm_head.weight.size(0)) or not hasattr(model, "hidden")
+
+
+def _scores(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, reduction: str
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The NLL in nats of targets y (b, t) after inputs x (b, t), summed ("sum") or per
+    token ("none", (b, t)), and whether each target was the most likely token (b, t). A
+    large vocabulary goes through `head_scores`, a chunk of positions at a time, never the
+    whole (b, t, V) logits; a small one through the logits, exactly as before."""
+    if _plain_head(model):
+        logits = model(x).float()
+        if reduction == "sum":
+            nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1),
+                                  reduction="sum")
+        else:
+            nll = F.cross_entropy(logits.transpose(1, 2), y, reduction="none")
+        return nll, logits.argmax(-1) == y
+    nll, right = head_scores(model.hidden(x), model.lm_head.weight, y)
+    return (nll.double().sum() if reduction == "sum" else nll), right
 
 
 @torch.inference_mode()
@@ -73,11 +102,10 @@ def evaluate_tokens(model: GPT, tokens: np.ndarray, n_chars: int, *, batch_size:
     """Evaluate `model` on `tokens`; `n_chars` is the number of characters spelled by
     tokens[1:] (the predicted ones)."""
     total_nll, correct = 0.0, 0
-    for _, logits, y in _scored_windows(model, tokens, batch_size, device, progress):
-        nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1),
-                              reduction="sum")
+    for _, x, y in _windows_in_batches(model, tokens, batch_size, device, progress):
+        nll, right = _scores(model, x, y, "sum")
         total_nll += nll.item()
-        correct += int((logits.argmax(-1) == y).sum().item())
+        correct += int(right.sum().item())
     return summarize(total_nll, correct, len(tokens) - 1, n_chars)
 
 
@@ -89,9 +117,10 @@ def token_losses(model: GPT, tokens: np.ndarray, *, batch_size: int = 32,
     `evaluate_tokens`): its NLL in nats and whether it was the most likely token."""
     nll_out = np.zeros(len(tokens), dtype=np.float64)
     right_out = np.zeros(len(tokens), dtype=bool)
-    for index, logits, y in _scored_windows(model, tokens, batch_size, device, progress):
-        nll_out[index] = F.cross_entropy(logits.transpose(1, 2), y, reduction="none").cpu()
-        right_out[index] = (logits.argmax(-1) == y).cpu()
+    for index, x, y in _windows_in_batches(model, tokens, batch_size, device, progress):
+        nll, right = _scores(model, x, y, "none")
+        nll_out[index] = nll.cpu()
+        right_out[index] = right.cpu()
     return nll_out[1:], right_out[1:]
 
 

@@ -17,7 +17,7 @@ COLUMNS = {
     "heads": "params.model.n_head",
     "context": "params.model.block_size",
     "params": "params.model.parameters",
-    "steps": "params.train.max_steps",
+    "steps": "params.train.steps",  # what budget_chars bought (max_steps in older runs)
     "batch": "params.train.batch_size",
     "lr": "params.train.learning_rate",
     "val_bpc": "metrics.bpc",
@@ -86,6 +86,9 @@ def runs_table(tracking_uri: str, experiment: str, sort_by: str = "val_bpc",
             table[column] = _tokenizer(frame)
         elif column == "wall_s":
             table[column] = _wall_seconds(frame)
+        elif column == "steps":
+            table[column] = _column(frame, source).fillna(
+                _column(frame, "params.train.max_steps"))
         else:
             table[column] = _column(frame, source)
     for column in NUMERIC:

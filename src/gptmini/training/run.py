@@ -11,8 +11,11 @@ data), trains, and writes:
 - ``data/volatile/``: the MLflow run id (for the evaluate and export stages) and the
   timings, which differ between identical runs and so stay out of every DVC output.
 
-The MLflow run gets the params, the per-step loss, learning rate and tokens/s, the
-validation estimates, the summary and the timings, and the loss curve.
+The number of steps is what ``train.budget_chars`` buys at the train split's characters
+per token (``data/tokens/counts.json``; `Params.train_steps`). The MLflow run gets the
+params with the resolved ``train.steps`` and ``train.chars_per_token``, the per-step loss,
+learning rate and tokens/s, the validation estimates, the summary and the timings, and
+the loss curve.
 """
 
 from __future__ import annotations
@@ -67,16 +70,22 @@ def train(params: Params) -> TrainResult | None:
     files = [paths.TOKENS_DIR / f"{split}.bin" for split in SPLITS]
     train_tokens, val_tokens = (load_tokens(f, tokenizer["dtype"]) for f in files)
     params.check_token_counts(len(train_tokens), len(val_tokens))
+    counts = json.loads(paths.COUNTS_JSON.read_text())["train"]
+    steps = params.train_steps(counts["chars"], counts["tokens"])
     dtype = pick_dtype(cfg.dtype, device)
     seed_everything(cfg.seed)
     model = GPT(params.model, tokenizer["vocab_size"])
-    trainer = Trainer(model, train_tokens, val_tokens, cfg, device, dtype=dtype,
+    trainer = Trainer(model, train_tokens, val_tokens, cfg, device, steps=steps, dtype=dtype,
                       dist_info=dist_info)
     logged = {k: v for k, v in params.to_dict().items() if k != "evaluate"}
     store = ResumeStore(paths.RESUME_DIR, fingerprint({**logged, "tokenizer_def": tokenizer},
                                                        files), dist_info)
     saved = store.load()
     run_id = None
+    if dist_info.is_main:
+        print(f"train.budget_chars = {cfg.budget_chars:,} characters: {steps:,} steps of "
+              f"{cfg.batch_size} x {dist_info.world_size} x {params.model.block_size} tokens "
+              f"at {counts['chars'] / counts['tokens']:.4g} characters per token")
     if saved:
         trainer.load_state_dict(saved[0])
         run_id = saved[1]
@@ -97,6 +106,8 @@ def train(params: Params) -> TrainResult | None:
 
             mlflow.log_params({**flatten(logged), "model.parameters": model.num_parameters(),
                                "model.vocab_size": tokenizer["vocab_size"],
+                               "train.steps": steps,
+                               "train.chars_per_token": counts["chars"] / counts["tokens"],
                                "train.resolved_device": str(device),
                                "train.resolved_dtype": tags["train.dtype"]})
         result = _train_tracked(trainer, store, buffer, active.info.run_id if active else None)

@@ -22,7 +22,7 @@ import torch
 from gptmini.core.config import TrainConfig
 from gptmini.core.device import Distributed, autocast, seed_everything
 from gptmini.core.progress import progress_bar
-from gptmini.model import GPT, next_token_loss
+from gptmini.model import GPT
 
 
 class BatchSampler:
@@ -53,11 +53,11 @@ class BatchSampler:
         self.rng.bit_generator.state = value
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warmup to learning_rate, then cosine decay to min_lr at max_steps."""
+def lr_at(step: int, cfg: TrainConfig, steps: int) -> float:
+    """Linear warmup to learning_rate, then cosine decay to min_lr at the last of `steps`."""
     if step < cfg.warmup_steps:
         return cfg.learning_rate * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+    progress = (step - cfg.warmup_steps) / max(1, steps - cfg.warmup_steps)
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0))) * (
         cfg.learning_rate - cfg.min_lr)
 
@@ -105,12 +105,16 @@ class NonFiniteLoss(FloatingPointError):
 
 
 class Trainer:
-    """Trains `model` in place; `state_dict()` / `load_state_dict()` make it resumable."""
+    """Trains `model` in place for `steps` optimizer steps (`Params.train_steps`: what
+    train.budget_chars buys); `state_dict()` / `load_state_dict()` make it resumable."""
 
     def __init__(self, model: GPT, train_tokens: np.ndarray, val_tokens: np.ndarray,
-                 cfg: TrainConfig, device: torch.device, *, dtype: torch.dtype = torch.float32,
+                 cfg: TrainConfig, device: torch.device, *, steps: int,
+                 dtype: torch.dtype = torch.float32,
                  dist_info: Distributed | None = None) -> None:
-        self.cfg, self.device, self.dtype = cfg, device, dtype
+        if steps <= cfg.warmup_steps:
+            raise ValueError(f"{steps} steps leave no room after {cfg.warmup_steps} of warmup")
+        self.cfg, self.steps, self.device, self.dtype = cfg, steps, device, dtype
         self.dist = dist_info or Distributed()
         seed_everything(cfg.seed + self.dist.rank)
         self.model = model.to(device).train()
@@ -147,7 +151,7 @@ class Trainer:
             for _ in range(self.cfg.eval_iters):
                 x, y = sampler.sample(self.device)
                 with autocast(self.device, self.dtype):
-                    losses.append(next_token_loss(self.model(x), y).item())
+                    losses.append(self.model(x, y).item())
             out[split] = self.dist.mean(float(np.mean(losses)), self.device)
         self.model.train()
         return out
@@ -202,25 +206,26 @@ class Trainer:
     def run(self, *, on_step: StepLogger | None = None, on_eval: StepLogger | None = None,
             on_checkpoint: Callable[[Trainer], None] | None = None,
             progress: bool = True) -> TrainResult:
-        """Train from the current step to cfg.max_steps."""
+        """Train from the current step to self.steps."""
         cfg = self.cfg
         tokens_per_step = cfg.batch_size * self.model.block_size * self.dist.world_size
         sampler = self.samplers["train"]
         batch = sampler.sample(self.device)
         start_step, session_start = self.step, time.perf_counter()
         start = session_start - self.elapsed  # the clock counts the steps before a resume too
-        bar = progress_bar(total=cfg.max_steps, initial=self.step, desc="train",
+        bar = progress_bar(total=self.steps, initial=self.step, desc="train",
                            disable=not (progress and self.dist.is_main))
-        while self.step < cfg.max_steps:
+        while self.step < self.steps:
             if self.step % cfg.eval_interval == 0:
                 self._evaluate(on_eval)
-            lr = lr_at(self.step, cfg)
+            lr = lr_at(self.step, cfg, self.steps)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             t0 = time.perf_counter()
             x, y = batch
             with autocast(self.device, self.dtype):
-                loss = next_token_loss(self.step_model(x), y)
+                # the loss comes out of the (DDP-wrapped) module's forward: see GPT.forward
+                loss = self.step_model(x, y)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip > 0:
@@ -228,7 +233,7 @@ class Trainer:
             self.optimizer.step()
             # The resume state keeps the sampler as it is *before* the next batch is drawn.
             next_sampler_state = sampler.state
-            if self.step + 1 < cfg.max_steps:
+            if self.step + 1 < self.steps:
                 batch = sampler.sample(self.device)  # prefetch: overlaps the device's work
             loss_value = loss.item()  # also synchronises the device, so the timing is honest
             if not math.isfinite(loss_value):
@@ -241,7 +246,7 @@ class Trainer:
             bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", refresh=False)
             self.step += 1
             self.elapsed = time.perf_counter() - start
-            if self.step % cfg.checkpoint_interval == 0 and self.step < cfg.max_steps \
+            if self.step % cfg.checkpoint_interval == 0 and self.step < self.steps \
                     and on_checkpoint:
                 live_state = sampler.state
                 sampler.state = next_sampler_state

@@ -77,9 +77,9 @@ def test_the_training_loop_logs_a_few_lines_when_not_on_a_terminal(capsys):
     tokens = np.random.default_rng(0).integers(0, 11, size=3000).astype(np.uint16)
     trainer = Trainer(GPT(model_config(n_layer=1, n_embd=16, n_head=2, block_size=8), 11),
                       tokens[:2500], tokens[2500:],
-                      train_config(max_steps=200, warmup_steps=2, batch_size=2,
-                                   eval_interval=100, eval_iters=1, dtype="float32"),
-                      torch.device("cpu"))
+                      train_config(warmup_steps=2, batch_size=2, eval_interval=100,
+                                   eval_iters=1, dtype="float32"),
+                      torch.device("cpu"), steps=200)
     trainer.run()  # pytest's captured stderr is no terminal
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("train")]
     assert LOG_LINES <= len(lines) <= LOG_LINES + 3, lines  # not one per step (200)

@@ -184,3 +184,23 @@ def test_the_train_stage_writes_its_outputs_and_one_mlflow_run(tmp_path, monkeyp
 def test_the_train_stage_refuses_a_context_longer_than_a_split(tmp_path):
     with pytest.raises(ConfigError, match=r"model.block_size = 16: must be < the val split"):
         run_train_stage(tmp_path, "ab\n" * 30, tiny_params())
+
+
+def test_a_resumed_run_does_not_send_metrics_mlflow_already_has(tmp_path, monkeypatch):
+    """A crash after the metrics of steps 0-24 were sent but before the state of step 25 was
+    saved resumes from step 0 (say): those steps must not reach MLflow twice."""
+    from gptmini.training.tracking import MetricBuffer
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'm.db'}")
+    monkeypatch.chdir(tmp_path)
+    with mlflow_run(run_name="crashed") as run:
+        first = MetricBuffer(run.info.run_id)
+        for step in range(25):
+            first.add({"loss": 1.0 / (step + 1)}, step, "train_")
+        first.flush()
+    resumed = MetricBuffer(run.info.run_id, resume_metric="train_loss")
+    for step in range(10, 40):  # the resumed state was older than what MLflow got
+        resumed.add({"loss": 1.0 / (step + 1)}, step, "train_")
+    resumed.flush()
+    history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "train_loss")
+    assert sorted(m.step for m in history) == list(range(40))

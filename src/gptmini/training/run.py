@@ -100,7 +100,9 @@ def train(params: Params) -> TrainResult | None:
 
     with (mlflow_run(run_id, run_name=run_name, tags=tags) if dist_info.is_main
           else contextlib.nullcontext()) as active:
-        buffer = MetricBuffer(active.info.run_id, every=10**9) if active else None
+        buffer = (MetricBuffer(active.info.run_id, every=10**9,
+                               resume_metric="train_loss" if saved else None)
+                  if active else None)
         if active and not saved:
             import mlflow
 

@@ -107,17 +107,28 @@ def mlflow_run(run_id: str | None = None, *, run_name: str | None = None,
 
 
 class MetricBuffer:
-    """Collects step metrics and sends them in batches: one request per flush, not per value."""
+    """Collects step metrics and sends them in batches: one request per flush, not per value.
 
-    def __init__(self, run_id: str, every: int = 200) -> None:
+    `resume_metric`: when a resumed run continues, the metrics of steps up to the last one
+    this metric already has in the run are not sent again. The train stage flushes right
+    before it saves a resume state, so a crash between the two leaves MLflow ahead of the
+    state; the resumed (bit-exact) steps would otherwise log those metrics twice."""
+
+    def __init__(self, run_id: str, every: int = 200, resume_metric: str | None = None) -> None:
         from mlflow.tracking import MlflowClient
 
         self.client, self.run_id, self.every = MlflowClient(), run_id, every
         self.pending: list[Any] = []
+        self.logged_through = -1
+        if resume_metric is not None:
+            history = self.client.get_metric_history(run_id, resume_metric)
+            self.logged_through = max((m.step for m in history), default=-1)
 
     def add(self, values: dict[str, float], step: int, prefix: str = "") -> None:
         from mlflow.entities import Metric
 
+        if step <= self.logged_through:
+            return
         now = int(time.time() * 1000)
         self.pending += [Metric(f"{prefix}{k}", float(v), now, step) for k, v in values.items()]
         if len(self.pending) >= self.every:

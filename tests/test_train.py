@@ -204,3 +204,17 @@ def test_a_resumed_run_does_not_send_metrics_mlflow_already_has(tmp_path, monkey
     resumed.flush()
     history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "train_loss")
     assert sorted(m.step for m in history) == list(range(40))
+
+
+def test_a_run_id_from_another_store_is_replaced_for_the_later_stages(tmp_path, monkeypatch):
+    from gptmini.training.tracking import pipeline_run, read_run_id, write_run_id
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'm.db'}")
+    monkeypatch.chdir(tmp_path)
+    write_run_id("0" * 32)  # left by a run logged to another tracking store
+    with pipeline_run("evaluate") as first:
+        pass
+    assert read_run_id() == first.info.run_id
+    with pipeline_run("export") as second:
+        pass
+    assert second.info.run_id == first.info.run_id  # export joins evaluate's run

@@ -179,6 +179,6 @@ def pipeline_run(stage: str, params: dict[str, Any] | None = None) -> Iterator[A
     with mlflow_run(run_id, run_name=stage, tags=tags) as run:
         if params:
             mlflow.log_params(params)
-        if run_id is None:
+        if run.info.run_id != run_id:  # a new run (none left, params clash, other store)
             write_run_id(run.info.run_id)
         yield run

@@ -45,13 +45,24 @@ def test_scripted_model_matches_eager():
 
 
 def test_learning_rate_schedule_warms_up_then_decays_to_min():
-    cfg = train_config(warmup_steps=10, learning_rate=1e-2, min_lr=1e-4)
+    cfg = train_config(warmup_steps=10, learning_rate=1e-2, min_lr=1e-4, schedule="cosine")
     assert lr_at(0, cfg, 100) == pytest.approx(1e-3)
     assert lr_at(9, cfg, 100) == pytest.approx(1e-2)
     assert lr_at(10, cfg, 100) == pytest.approx(1e-2)
     assert lr_at(100, cfg, 100) == pytest.approx(1e-4)
     lrs = [lr_at(s, cfg, 100) for s in range(10, 101)]
     assert all(a >= b for a, b in zip(lrs, lrs[1:], strict=False))
+
+
+def test_wsd_schedule_holds_the_peak_then_decays_linearly_over_the_last_fraction():
+    cfg = train_config(warmup_steps=10, learning_rate=1e-2, min_lr=1e-4, schedule="wsd",
+                       decay_fraction=0.2)
+    assert lr_at(9, cfg, 100) == pytest.approx(1e-2)
+    assert all(lr_at(s, cfg, 100) == pytest.approx(1e-2) for s in range(10, 81))
+    assert lr_at(90, cfg, 100) == pytest.approx(1e-4 + 0.5 * (1e-2 - 1e-4))
+    assert lr_at(100, cfg, 100) == pytest.approx(1e-4)
+    cosine = train_config(warmup_steps=10, learning_rate=1e-2, min_lr=1e-4, schedule="cosine")
+    assert lr_at(50, cosine, 100) < lr_at(50, cfg, 100)
 
 
 def test_loss_falls_on_a_tiny_corpus():

@@ -56,11 +56,12 @@ def test_a_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_state(tok
     assert all(torch.isfinite(v).all() for v in state["model"].values())
 
 
-def test_resume_in_process_gives_the_same_weights(tokens, tmp_path):
-    straight = tiny_trainer(tokens)
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_resume_in_process_gives_the_same_weights(tokens, tmp_path, optimizer):
+    straight = tiny_trainer(tokens, optimizer=optimizer)
     straight.run(progress=False)
     saved = {}
-    first = tiny_trainer(tokens, steps=30)
+    first = tiny_trainer(tokens, steps=30, optimizer=optimizer)
 
     class Stop(Exception):
         pass
@@ -72,13 +73,41 @@ def test_resume_in_process_gives_the_same_weights(tokens, tmp_path):
 
     with pytest.raises(Stop):
         first.run(on_checkpoint=keep_and_stop, progress=False)
-    resumed = tiny_trainer(tokens)
+    resumed = tiny_trainer(tokens, optimizer=optimizer)
     resumed.load_state_dict(saved["state"])
     resumed.run(progress=False)
     for (name, a), (_, b) in zip(straight.model.state_dict().items(),
                                  resumed.model.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
     assert [r["loss"] for r in resumed.history] == [r["loss"] for r in straight.history]
+
+
+def test_muon_steps_the_blocks_matrices_and_adamw_the_rest(tokens):
+    trainer = tiny_trainer(tokens, optimizer="muon", learning_rate=1e-3, muon_lr=0.05)
+    adamw, muon = trainer.optimizer.optimizers
+    assert isinstance(adamw, torch.optim.AdamW) and isinstance(muon, torch.optim.Muon)
+    names = {id(p): n for n, p in trainer.model.named_parameters()}
+    in_muon = {names[id(p)] for g in muon.param_groups for p in g["params"]}
+    in_adamw = {names[id(p)] for g in adamw.param_groups for p in g["params"]}
+    assert in_muon == {n for n, p in trainer.model.named_parameters()
+                       if p.dim() == 2 and n.startswith("blocks.")}
+    assert in_muon.isdisjoint(in_adamw) and in_muon | in_adamw == set(names.values())
+    assert "wte.weight" in in_adamw  # the embedding, tied to the head, stays with AdamW
+    assert muon.state_dict()["state"] == {}
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.run(progress=False)
+    assert muon.state_dict()["state"], "Muon kept no momentum: it never stepped"
+    assert all(not torch.equal(before[n], p) for n, p in trainer.model.named_parameters())
+    # every group follows the schedule in proportion to its own peak
+    assert muon.param_groups[0]["lr"] / muon.param_groups[0]["peak_lr"] == pytest.approx(
+        adamw.param_groups[0]["lr"] / adamw.param_groups[0]["peak_lr"])
+
+
+def test_a_resume_state_of_the_other_optimizer_is_refused(tokens):
+    adamw = tiny_trainer(tokens, optimizer="adamw")
+    muon = tiny_trainer(tokens, optimizer="muon")
+    with pytest.raises(ValueError, match="holds 1 optimizers, this run has 2"):
+        muon.load_state_dict(adamw.state_dict())
 
 
 def test_keep_best_restores_the_weights_with_the_lowest_val_estimate(tokens):

@@ -98,8 +98,17 @@ class TrainConfig(_Strict):
     budget_chars: int = Field(ge=1, le=10**13, description=(
         "characters of training text to read; the number of steps follows from the batch, "
         "the context, the processes and the train split's characters per token"))
+    optimizer: Literal["adamw", "muon"] = Field(description=(
+        "adamw: AdamW for every weight; muon: torch.optim.Muon for the 2-D weights of the "
+        "blocks, AdamW (learning_rate) for embeddings, LayerNorm gains and biases"))
     learning_rate: Float = Field(gt=0.0, le=1.0)
+    muon_lr: Float = Field(gt=0.0, le=10.0, description="Muon's peak learning rate")
+    muon_momentum: Float = Field(ge=0.0, lt=1.0)
     min_lr: Float = Field(ge=0.0, le=1.0)
+    schedule: Literal["cosine", "wsd"] = Field(description=(
+        "after the warmup: cosine decay to min_lr, or warmup-stable-decay (flat, then a "
+        "linear decay to min_lr over the last decay_fraction of the steps)"))
+    decay_fraction: Float = Field(gt=0.0, le=1.0)
     warmup_steps: int = Field(ge=0)
     weight_decay: Float = Field(ge=0.0, le=10.0)
     beta1: Float = Field(ge=0.0, lt=1.0)

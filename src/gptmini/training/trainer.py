@@ -1,7 +1,8 @@
-"""The training loop: AdamW, linear warmup then cosine decay, gradient clipping, mixed
-precision, periodic train/val loss estimates, optional DistributedDataParallel, and a
-resumable state that restores every random number generator, so that a run killed at
-any moment and resumed ends with the same weights, bit for bit, as one never stopped.
+"""The training loop: AdamW or Muon, linear warmup then cosine or warmup-stable-decay,
+gradient clipping, mixed precision, periodic train/val loss estimates, optional
+DistributedDataParallel, and a resumable state that restores every random number
+generator, so that a run killed at any moment and resumed ends with the same weights,
+bit for bit, as one never stopped.
 
 The loop's history (step, loss, learning rate) is deterministic; timings (tokens/s, wall
 seconds) are reported to the caller separately and never enter the history.
@@ -54,23 +55,82 @@ class BatchSampler:
 
 
 def lr_at(step: int, cfg: TrainConfig, steps: int) -> float:
-    """Linear warmup to learning_rate, then cosine decay to min_lr at the last of `steps`."""
+    """The learning rate of `step` for a peak of cfg.learning_rate: linear warmup, then
+    cosine decay to min_lr at the last of `steps` (schedule: cosine), or a flat stretch
+    and a linear decay to min_lr over the last decay_fraction of the steps (schedule: wsd,
+    warmup-stable-decay). Every parameter group follows it in proportion to its peak."""
     if step < cfg.warmup_steps:
         return cfg.learning_rate * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, steps - cfg.warmup_steps)
-    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0))) * (
-        cfg.learning_rate - cfg.min_lr)
+    if cfg.schedule == "wsd":
+        decay_steps = max(1, round(cfg.decay_fraction * steps))
+        progress = (step - (steps - decay_steps)) / decay_steps
+        shape = 1.0 - min(max(progress, 0.0), 1.0)
+    else:
+        progress = (step - cfg.warmup_steps) / max(1, steps - cfg.warmup_steps)
+        shape = 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+    return cfg.min_lr + shape * (cfg.learning_rate - cfg.min_lr)
 
 
-def make_optimizer(model: GPT, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW with weight decay on the 2-D weights (matmuls, embeddings) only."""
-    params = [p for p in model.parameters() if p.requires_grad]
+class Optimizers:
+    """The torch optimizers of one model, stepped together: AdamW alone, or torch.optim.Muon
+    for the blocks' 2-D weights beside AdamW for the rest. Each parameter group keeps its
+    peak rate in "peak_lr"; `set_lr` scales every group by the schedule's fraction."""
+
+    def __init__(self, optimizers: list[torch.optim.Optimizer]) -> None:
+        self.optimizers = optimizers
+        for opt in optimizers:
+            for group in opt.param_groups:
+                group.setdefault("peak_lr", group["lr"])
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return [g for opt in self.optimizers for g in opt.param_groups]
+
+    def set_lr(self, fraction: float) -> None:
+        for group in self.param_groups:
+            group["lr"] = group["peak_lr"] * fraction
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        for opt in self.optimizers:
+            opt.step()
+
+    def state_dict(self) -> list[dict[str, Any]]:
+        return [opt.state_dict() for opt in self.optimizers]
+
+    def load_state_dict(self, states: list[dict[str, Any]]) -> None:
+        if len(states) != len(self.optimizers):
+            raise ValueError(f"the state holds {len(states)} optimizers, this run has "
+                             f"{len(self.optimizers)}")
+        for opt, state in zip(self.optimizers, states, strict=True):
+            opt.load_state_dict(state)
+
+
+def make_optimizer(model: GPT, cfg: TrainConfig, device: torch.device) -> Optimizers:
+    """train.optimizer = adamw: AdamW with weight decay on the 2-D weights (matmuls,
+    embeddings) only. muon: torch.optim.Muon (Nesterov momentum, Newton-Schulz
+    orthogonalised updates, decoupled weight decay) for the 2-D weights inside the blocks,
+    and AdamW at learning_rate for the embeddings (the tied head), gains and biases."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    fused = device.type == "cuda"
+    if cfg.optimizer == "muon":
+        hidden = [p for n, p in named if p.dim() == 2 and n.startswith("blocks.")]
+        rest = [(n, p) for n, p in named if not (p.dim() == 2 and n.startswith("blocks."))]
+        muon = torch.optim.Muon(hidden, lr=cfg.muon_lr, momentum=cfg.muon_momentum,
+                                weight_decay=cfg.weight_decay)
+        named, extra = rest, [muon]
+    else:
+        extra = []
     groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        {"params": [p for _, p in named if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for _, p in named if p.dim() < 2], "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2),
-                             fused=device.type == "cuda")
+    adamw = torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2),
+                              fused=fused)
+    return Optimizers([adamw, *extra])
 
 
 @dataclass
@@ -219,8 +279,7 @@ class Trainer:
             if self.step % cfg.eval_interval == 0:
                 self._evaluate(on_eval)
             lr = lr_at(self.step, cfg, self.steps)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
+            self.optimizer.set_lr(lr / cfg.learning_rate)
             t0 = time.perf_counter()
             x, y = batch
             with autocast(self.device, self.dtype):

@@ -74,10 +74,16 @@ def lr_at(step: int, cfg: TrainConfig, steps: int) -> float:
 class Optimizers:
     """The torch optimizers of one model, stepped together: AdamW alone, or torch.optim.Muon
     for the blocks' 2-D weights beside AdamW for the rest. Each parameter group keeps its
-    peak rate in "peak_lr"; `set_lr` scales every group by the schedule's fraction."""
+    peak rate in "peak_lr"; `set_lr` scales every group by the schedule's fraction.
 
-    def __init__(self, optimizers: list[torch.optim.Optimizer]) -> None:
-        self.optimizers = optimizers
+    On a CPU the optimizers in `one_thread` step on a single thread: Muon's Newton-Schulz
+    iterations are many small matmuls (128 x 512 at most in the seed model), which one
+    thread runs about 2.5x faster than two, whose synchronisation costs more than the work
+    (benchmarks/optimizer_speed.py measures the step)."""
+
+    def __init__(self, optimizers: list[torch.optim.Optimizer],
+                 one_thread: tuple[torch.optim.Optimizer, ...] = ()) -> None:
+        self.optimizers, self.one_thread = optimizers, one_thread
         for opt in optimizers:
             for group in opt.param_groups:
                 group.setdefault("peak_lr", group["lr"])
@@ -96,7 +102,15 @@ class Optimizers:
 
     def step(self) -> None:
         for opt in self.optimizers:
-            opt.step()
+            if opt in self.one_thread and torch.get_num_threads() > 1:
+                threads = torch.get_num_threads()
+                torch.set_num_threads(1)
+                try:
+                    opt.step()
+                finally:
+                    torch.set_num_threads(threads)
+            else:
+                opt.step()
 
     def state_dict(self) -> list[dict[str, Any]]:
         return [opt.state_dict() for opt in self.optimizers]
@@ -123,14 +137,14 @@ def make_optimizer(model: GPT, cfg: TrainConfig, device: torch.device) -> Optimi
                                 weight_decay=cfg.weight_decay)
         named, extra = rest, [muon]
     else:
-        extra = []
+        extra: list[torch.optim.Optimizer] = []
     groups = [
         {"params": [p for _, p in named if p.dim() >= 2], "weight_decay": cfg.weight_decay},
         {"params": [p for _, p in named if p.dim() < 2], "weight_decay": 0.0},
     ]
     adamw = torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2),
                               fused=fused)
-    return Optimizers([adamw, *extra])
+    return Optimizers([adamw, *extra], one_thread=tuple(extra) if device.type == "cpu" else ())
 
 
 @dataclass

@@ -85,3 +85,16 @@ def test_next_token_loss_is_mean_cross_entropy():
     logits = torch.zeros(1, 3, 4)
     targets = torch.tensor([[0, 1, 2]])
     assert next_token_loss(logits, targets).item() == pytest.approx(np.log(4))
+
+
+def test_attention_dropout_is_its_own_setting():
+    torch.manual_seed(0)
+    resid_only = GPT(model_config(dropout=0.1, attn_dropout=0.0), VOCAB).train()
+    assert all(b.attn.dropout == 0.0 and b.attn.resid_dropout.p == 0.1
+               and b.mlp.dropout.p == 0.1 for b in resid_only.blocks)
+    attn_only = GPT(model_config(dropout=0.0, attn_dropout=0.5), VOCAB).train()
+    assert all(b.attn.dropout == 0.5 and b.attn.resid_dropout.p == 0.0 for b in attn_only.blocks)
+    idx = torch.randint(0, VOCAB, (2, 16))
+    assert not torch.equal(attn_only(idx), attn_only(idx))  # the probabilities are dropped
+    attn_only.eval()
+    assert torch.equal(attn_only(idx), attn_only(idx))

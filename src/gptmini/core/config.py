@@ -79,7 +79,11 @@ class ModelConfig(_Strict):
     n_embd: int = Field(ge=8, le=16384)
     n_head: int = Field(ge=1, le=256)
     block_size: int = Field(ge=2, le=65536)
-    dropout: Float = Field(ge=0.0, lt=1.0)
+    dropout: Float = Field(ge=0.0, lt=1.0, description=(
+        "dropout on the embeddings and on each residual branch's output"))
+    attn_dropout: Float = Field(ge=0.0, lt=1.0, description=(
+        "dropout on the attention probabilities (on a CPU it takes scaled_dot_product_"
+        "attention off its fused kernel: about 1.8x the step time)"))
     bias: bool
 
     @model_validator(mode="after")

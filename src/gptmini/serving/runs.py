@@ -19,13 +19,16 @@ COLUMNS = {
     "params": "params.model.parameters",
     "steps": "params.train.steps",  # what budget_chars bought (max_steps in older runs)
     "batch": "params.train.batch_size",
+    "optimizer": "params.train.optimizer",
     "lr": "params.train.learning_rate",
+    "dropout": "params.model.dropout",
     "val_bpc": "metrics.bpc",
     "perplexity": "metrics.perplexity",
     "accuracy": "metrics.accuracy",
     "wall_s": None,  # training wall time, else the run's own duration
 }
-NUMERIC = ["layers", "embd", "heads", "context", "params", "steps", "batch", "lr", "val_bpc",
+NUMERIC = ["layers", "embd", "heads", "context", "params", "steps", "batch", "lr", "dropout",
+           "val_bpc",
            "perplexity", "accuracy", "wall_s"]
 
 
@@ -86,6 +89,8 @@ def runs_table(tracking_uri: str, experiment: str, sort_by: str = "val_bpc",
             table[column] = _tokenizer(frame)
         elif column == "wall_s":
             table[column] = _wall_seconds(frame)
+        elif column == "optimizer":  # runs from before train.optimizer used AdamW
+            table[column] = _column(frame, source).fillna("adamw")
         elif column == "steps":
             table[column] = _column(frame, source).fillna(
                 _column(frame, "params.train.max_steps"))
@@ -113,6 +118,7 @@ def format_table(table: Any) -> str:
     for column, key in (("val_bpc", "bpc"), ("perplexity", "perplexity"),
                         ("accuracy", "accuracy")):
         shown[column] = shown[column].map(lambda v, k=key: "" if v != v else format_number(k, v))
-    shown["lr"] = shown["lr"].map(lambda v: "" if v != v else f"{v:g}")
+    for column in ("lr", "dropout"):
+        shown[column] = shown[column].map(lambda v: "" if v != v else f"{v:g}")
     shown["wall_s"] = shown["wall_s"].map(lambda v: "" if v != v else f"{v:.0f}")
     return shown.fillna("").to_string(index=False)

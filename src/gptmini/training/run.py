@@ -98,7 +98,9 @@ def train(params: Params) -> TrainResult | None:
     if saved:
         tags["resumed_from_step"] = str(trainer.step)
 
-    with (mlflow_run(run_id, run_name=run_name, tags=tags) if dist_info.is_main
+    # In MLflow a `dvc exp run -n NAME` run is called NAME, so a grid reads as its names
+    with (mlflow_run(run_id, run_name=os.environ.get("DVC_EXP_NAME") or run_name, tags=tags)
+          if dist_info.is_main
           else contextlib.nullcontext()) as active:
         buffer = (MetricBuffer(active.info.run_id, every=10**9,
                                resume_metric="train_loss" if saved else None)

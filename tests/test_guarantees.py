@@ -74,9 +74,12 @@ def kill_after_a_save(project: PipelineProject, latest: float = 0.0) -> int:
         proc = subprocess.Popen([project.dvc, "repro", "train"], cwd=project.root,
                                 env=project.env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + 900  # a shared, loaded machine can take minutes
         while not manifest.exists() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
+        if not manifest.exists() and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail("no resume state was saved within 900 s")
         time.sleep(random.uniform(0.0, latest))
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

@@ -2,6 +2,11 @@
 char tokenizer and GPT-2 BPE. Goal: time linear in size, memory flat, >= 20 MB/s for gpt2.
 
     python benchmarks/tokenize_scale.py [--sizes 10 100 400] [--workdir /tmp/gptmini-scale]
+    python benchmarks/tokenize_scale.py --quick     # 10 and 40 MB
+
+Exit 1 when a goal is missed: between the smallest and the largest size, time grows at
+most 1.25x as fast as the size and peak memory by at most 64 MiB; gpt2 at >= 20 MB/s on
+corpora of 100 MB and more (below, the fixed cost of loading the BPE ranks dominates).
 
 Corpora are the real Tiny Shakespeare (GPTMINI_DATA_MIRROR / ../shared/data, or
 data/raw/input.txt) repeated to size; each case runs `gptmini.tokens.prepare` in a fresh
@@ -20,6 +25,8 @@ import tempfile
 from pathlib import Path
 
 MB = 1_000_000
+GPT2_MB_PER_S, GPT2_FROM_MB = 20.0, 100  # goal, and the smallest corpus it applies to
+LINEARITY, MEMORY_GROWTH_MIB = 1.25, 64
 CHILD = r"""
 import json, resource, sys, time
 from gptmini.core.config import TokenizerConfig, load_params
@@ -59,13 +66,17 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10, 100, 400])
     parser.add_argument("--kinds", nargs="+", default=["char", "bpe"])
     parser.add_argument("--workdir", default=None)
+    parser.add_argument("--quick", action="store_true", help="corpora of 10 and 40 MB only")
     args = parser.parse_args()
+    if args.quick:
+        args.sizes = [10, 40]
     work = Path(args.workdir or tempfile.mkdtemp(prefix="gptmini-scale-"))
     work.mkdir(parents=True, exist_ok=True)
     text = source_text()
     shared_cache = Path(__file__).resolve().parents[1].parent / "shared/tiktoken-cache"
     if "TIKTOKEN_CACHE_DIR" not in os.environ and shared_cache.is_dir():
         os.environ["TIKTOKEN_CACHE_DIR"] = str(shared_cache)
+    results: dict[str, dict[int, dict]] = {kind: {} for kind in args.kinds}
     print(f"{'tokenizer':<10}{'size MB':>8}{'tokens':>14}{'seconds':>9}{'MB/s':>8}"
           f"{'peak MiB':>10}")
     try:
@@ -79,6 +90,7 @@ def main() -> None:
                 if proc.returncode != 0:
                     sys.exit(f"{kind} {size} MB failed:\n{proc.stderr[-2000:]}")
                 r = json.loads(proc.stdout.strip().splitlines()[-1])
+                results[kind][size] = r
                 name = "gpt2" if kind == "bpe" else kind
                 print(f"{name:<10}{size:>8}{r['tokens']:>14,}{r['wall']:>9.1f}"
                       f"{size / r['wall']:>8.1f}{r['peak_kb'] / 1024:>10.0f}", flush=True)
@@ -87,6 +99,33 @@ def main() -> None:
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
+    missed = check_goals(results)
+    for line in missed:
+        print(f"MISSED: {line}")
+    if missed:
+        sys.exit(1)
+    print("goals met")
+
+
+def check_goals(results: dict[str, dict[int, dict]]) -> list[str]:
+    """The goals each result misses, one line each."""
+    missed = []
+    for kind, by_size in results.items():
+        small, large = min(by_size), max(by_size)
+        if large > small:
+            growth = by_size[large]["wall"] / by_size[small]["wall"]
+            if growth > LINEARITY * large / small:
+                missed.append(f"{kind}: {growth:.1f}x the time for {large / small:g}x the text "
+                              f"(goal <= {LINEARITY * large / small:.1f}x)")
+            memory = (by_size[large]["peak_kb"] - by_size[small]["peak_kb"]) / 1024
+            if memory > MEMORY_GROWTH_MIB:
+                missed.append(f"{kind}: peak memory grew {memory:.0f} MiB from {small} to "
+                              f"{large} MB (goal <= {MEMORY_GROWTH_MIB} MiB)")
+        for size, r in by_size.items():
+            if kind == "bpe" and size >= GPT2_FROM_MB and size / r["wall"] < GPT2_MB_PER_S:
+                missed.append(f"gpt2 {size} MB: {size / r['wall']:.1f} MB/s "
+                              f"(goal >= {GPT2_MB_PER_S:g})")
+    return missed
 
 
 if __name__ == "__main__":

@@ -3,6 +3,10 @@ same model, measured in the same run, as tokens/s, model FLOPs utilisation and a
 
     python benchmarks/train_throughput.py                 # seed model, params.yaml sizes
     python benchmarks/train_throughput.py --loss-check 300  # also: fp32 vs bf16 loss curves
+    python benchmarks/train_throughput.py --quick           # 3 timed steps each, one round
+
+Goal: the project's step at least as fast as the reference (ratio >= 1.0x); exit 1 when
+missed.
 
 The project step is `gptmini.training.trainer.Trainer` itself (autocast, batch prefetch,
 fused AdamW and TF32 on CUDA, torch.compile when train.compile is set). The reference is the
@@ -28,6 +32,8 @@ from gptmini.core.config import ModelConfig, TrainConfig, load_params
 from gptmini.core.device import pick_device, pick_dtype
 from gptmini.model import GPT
 from gptmini.training.trainer import Trainer
+
+GOAL = 1.0  # project tokens/s / reference tokens/s
 
 # Dense peak TFLOP/s of known accelerators, by dtype (vendor datasheets, SXM parts).
 GPU_PEAKS = {"H100": {"bfloat16": 989.0, "float32": 67.0},
@@ -111,10 +117,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2,
                         help="alternate the variants this many times, so that a change in "
                              "machine load hits both alike")
+    parser.add_argument("--quick", action="store_true",
+                        help="3 timed steps per variant after 1 untimed, one round: checks "
+                             "that it runs and meets its goal")
     parser.add_argument("--loss-check", type=int, default=0, metavar="STEPS",
                         help="also train STEPS steps in float32 and bfloat16 from the same "
                              "start on the same batches and compare the loss estimates")
     args = parser.parse_args()
+    if args.quick:
+        args.steps, args.warmup, args.rounds = 3, 1, 1
 
     params = load_params(args.params)
     tcfg = params.train
@@ -157,7 +168,9 @@ def main() -> None:
                              f"{', compiled' if tcfg.compile else ''}", proj_tps, proj_peak)):
         print(f"{name:<34}{tps:>12,.0f}{batch * cfg.block_size / tps * 1000:>10.1f}"
               f"{tps * fpt / peak:>9.2%}")
-    print(f"ratio (project / reference): {proj_tps / ref_tps:.2f}x")
+    ratio = proj_tps / ref_tps
+    print(f"ratio (project / reference): {ratio:.2f}x (goal >= {GOAL:g}x: "
+          f"{'met' if ratio >= GOAL else 'MISSED'})")
 
     if args.loss_check:
         check_cfg = TrainConfig(**{**tcfg.model_dump(), "batch_size": batch,
@@ -173,6 +186,8 @@ def main() -> None:
             print(f"{a['step']:>6}{a['val_loss']:>11.4f}{b['val_loss']:>11.4f}"
                   f"{b['val_loss'] - a['val_loss']:>+9.4f}")
     sys.stdout.flush()
+    if ratio < GOAL:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -22,11 +22,6 @@ def test_metric_formulas():
     assert m["nats_per_char"] == pytest.approx(0.5)
 
 
-def test_char_bpc_equals_nll_over_ln2():
-    m = summarize(total_nll=123.4, correct=1, n_tokens=99, n_chars=99)
-    assert m["bpc"] == pytest.approx(m["nll"] / math.log(2))
-
-
 BPE_SIZED = PLAIN_HEAD_MAX_VOCAB + 500  # scored through the chunked head
 
 

@@ -26,11 +26,6 @@ with torch.no_grad():
     torch.save(model(ids), sys.argv[3])
 metrics = json.load(open(sys.argv[1] + "/evaluation_metrics.json"))
 print(metrics["metrics"]["bpc"])
-try:
-    import gptmini  # noqa: F401
-    print("gptmini importable")
-except ImportError:
-    print("gptmini not importable")
 """
 
 

@@ -66,26 +66,35 @@ def test_two_runs_with_the_same_params_are_identical(tmp_path_factory, corpus, r
         (reference.root / "metrics/evaluate.json").read_text()
 
 
-def test_killed_training_resumes_to_bit_identical_weights(tmp_path_factory, corpus, reference):
-    project = make_project(tmp_path_factory, corpus, "crash", **LONG)
-    project.run("dvc", "repro", "tokenize")
+def kill_after_a_save(project: PipelineProject, latest: float = 0.0) -> int:
+    """Run `dvc repro train` and SIGKILL it (dvc and the training process) at a random
+    moment up to `latest` seconds after its first resume state is saved; the saved step."""
     manifest = project.root / "data/train_state/manifest.json"
     for _attempt in range(3):
         proc = subprocess.Popen([project.dvc, "repro", "train"], cwd=project.root,
                                 env=project.env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + 900  # a shared, loaded machine can take minutes
         while not manifest.exists() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
-        time.sleep(random.uniform(0.0, 1.5))  # a random moment after the first save
+        if not manifest.exists() and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail("no resume state was saved within 900 s")
+        time.sleep(random.uniform(0.0, latest))
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)  # dvc and the training process with it
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-            break
+            return json.loads(manifest.read_text())["step"]
         proc.wait()
         (project.root / "data/model/ckpt.pt").unlink(missing_ok=True)
-    else:
-        pytest.fail("training finished before it could be killed, three times")
+    pytest.fail("training finished before it could be killed, three times")
+
+
+def test_killed_training_resumes_to_bit_identical_weights(tmp_path_factory, corpus, reference):
+    project = make_project(tmp_path_factory, corpus, "crash", **LONG)
+    project.run("dvc", "repro", "tokenize")
+    kill_after_a_save(project, latest=1.5)
+    manifest = project.root / "data/train_state/manifest.json"
     saved_step = json.loads(manifest.read_text())["step"]
     assert 0 < saved_step < STEPS
     assert not (project.root / "data/model/ckpt.pt").exists()
@@ -104,17 +113,33 @@ def test_killed_training_resumes_to_bit_identical_weights(tmp_path_factory, corp
     assert sorted(m.step for m in history) == list(range(STEPS))
 
 
-def test_changed_params_do_not_resume_a_stale_state(tmp_path_factory, corpus):
-    project = make_project(tmp_path_factory, corpus, "stale", budget_chars=30 * 8 * 32,
-                           checkpoint_interval=10)
+@pytest.mark.parametrize("change,message", [
+    ("learning_rate", "saved state is for other params or data"),
+    ("processes", "saved state is for 1 process(es), this run has 2"),
+])
+def test_a_changed_input_does_not_resume_a_stale_state(tmp_path_factory, corpus, change,
+                                                        message):
+    """A real state, left by a killed run, then a real change: a train param, or the number
+    of processes (the world size)."""
+    project = make_project(tmp_path_factory, corpus, f"stale-{change}", budget_chars=100 * 8 * 32,
+                           checkpoint_interval=10, eval_interval=50)
     project.run("dvc", "repro", "tokenize")
-    state = project.root / "data/train_state"
-    state.mkdir(parents=True)
-    (state / "manifest.json").write_text(json.dumps(
-        {"step": 10, "fingerprint": "0" * 64, "world_size": 1, "run_id": None}))
+    assert kill_after_a_save(project) > 0
+    params = project.params
+    params["train"].update({"learning_rate": 2e-3} if change == "learning_rate" else
+                           {"processes": 2, "budget_chars": 30 * 2 * 8 * 32})
+    project.write_params(params)
     out = project.run("dvc", "repro", "train").stdout
-    assert "saved state is for other params or data; starting over" in out
+    assert f"data/train_state: {message}; starting over" in out, out[-3000:]
     assert "resuming" not in out
+    steps = json.loads((project.root / "metrics/train.json").read_text())["steps"]
+    assert steps == (100 if change == "learning_rate" else 30)
+    assert not (project.root / "data/train_state").exists()
+    mlflow.set_tracking_uri(f"sqlite:///{project.root / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["gptmini"], output_format="list",
+                              order_by=["start_time DESC"])
+    assert runs[0].info.status == "FINISHED" and "resumed_from_step" not in runs[0].data.tags
+    assert runs[0].info.run_id != runs[-1].info.run_id  # not the killed run, continued
 
 
 def test_two_processes_train_one_model_and_write_one_checkpoint(tmp_path_factory, corpus):

@@ -4,8 +4,11 @@ code or params reruns."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -73,11 +76,13 @@ def test_first_repro_runs_every_stage_and_writes_every_output(project):
         "wall_seconds", "tokens_per_second"}
     assert (root / "metrics/loss_curve.png").read_bytes()[:4] == b"\x89PNG"
     metrics = json.loads((root / "metrics/evaluate.json").read_text())
-    assert metrics["bpc"] == pytest.approx(metrics["nll"] / 0.6931471805599453)
+    counts = json.loads((root / "data/tokens/counts.json").read_text())["val"]
+    assert metrics["tokens"] == metrics["chars"] == counts["chars"] - 1  # all but the first
     record = json.loads((root / "data/export/evaluation_metrics.json").read_text())
     assert record["metrics"] == metrics
     assert record["tokenizer"]["kind"] == "char"
-    assert record["model"]["parameters"] > 0
+    assert record["model"]["parameters"] == \
+        json.loads((root / "metrics/train.json").read_text())["parameters"]
     ckpt = torch.load(root / "data/model/ckpt.pt", weights_only=True)
     assert ckpt["step"] == 40  # what its readers need, and no optimizer state:
     assert set(ckpt) == {"model", "model_config", "tokenizer", "step"}
@@ -97,8 +102,16 @@ def test_mlflow_store_holds_one_run_with_everything(project):
     assert run.data.params["model.n_layer"] == "2"
     assert run.data.params["tokenizer.kind"] == "char"
     assert run.data.params["evaluate.batch_size"] == "8"
-    assert len(run.data.tags["git.commit"]) == 40
-    assert run.data.tags["tokenizer"] == "char"
+    tags = run.data.tags
+    assert tags["git.commit"] == project.run("git", "rev-parse", "HEAD").stdout.strip()
+    assert tags["git.dirty"] == "false"  # every tracked file as committed
+    assert tags["data.sha256"] == project.params["data"]["sha256"]
+    assert {k: tags[k] for k in ("version.torch", "version.mlflow", "version.dvc")} == {
+        "version.torch": torch.__version__, "version.mlflow": mlflow.__version__,
+        "version.dvc": importlib.metadata.version("dvc")}
+    assert tags["version.tiktoken"] == importlib.metadata.version("tiktoken")
+    assert "dvc.exp_name" not in tags  # a plain `dvc repro` (test_queue.py: `dvc exp run`)
+    assert tags["tokenizer"] == "char"
     client = mlflow.MlflowClient()
     assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 40
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
@@ -109,6 +122,25 @@ def test_mlflow_store_holds_one_run_with_everything(project):
 def test_dvc_metrics_show_lists_the_evaluation(project):
     shown = project.run("dvc", "metrics", "show").stdout
     assert "bpc" in shown and "perplexity" in shown
+
+
+def test_gptmini_evaluate_on_the_validation_text_reproduces_the_stage_to_the_last_digit(
+        project, tmp_path):
+    from gptmini.data.tokenizers import from_definition
+    from gptmini.data.tokens import load_tokens
+
+    root = project.root
+    definition = json.loads((root / "data/tokens/tokenizer.json").read_text())
+    val = load_tokens(root / "data/tokens/val.bin", definition["dtype"])
+    text = from_definition(definition).decode([int(t) for t in val])
+    (tmp_path / "val.txt").write_text(text, encoding="utf-8")
+    proc = subprocess.run(
+        [sys.executable, "-m", "gptmini.serving.cli", "evaluate", str(tmp_path / "val.txt"),
+         "--json", "-q", "--batch-size", str(project.params["evaluate"]["batch_size"]),
+         "--export-dir", str(root / "data/export")],
+        cwd=tmp_path, env=project.env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == json.loads((root / "metrics/evaluate.json").read_text())
 
 
 def test_second_repro_runs_nothing_and_status_is_clean(project):
@@ -155,6 +187,11 @@ def test_a_train_param_reruns_train_evaluate_and_export(project):
     params["train"]["learning_rate"] = 2e-3
     project.write_params(params)
     assert ran(project.run("dvc", "repro").stdout) == ["train", "evaluate", "export"]
+    mlflow.set_tracking_uri(f"sqlite:///{project.root / 'mlflow.db'}")
+    latest = mlflow.search_runs(experiment_names=["gptmini"], output_format="list",
+                                order_by=["start_time DESC"])[0]
+    assert latest.data.params["train.learning_rate"] == "0.002"
+    assert latest.data.tags["git.dirty"] == "true"  # params.yaml edited, not committed
 
 
 def test_an_evaluate_param_reruns_evaluate_not_train(project):

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 
 import mlflow
 import numpy as np
@@ -110,11 +111,26 @@ def test_a_resume_state_of_the_other_optimizer_is_refused(tokens):
         muon.load_state_dict(adamw.state_dict())
 
 
-def test_keep_best_restores_the_weights_with_the_lowest_val_estimate(tokens):
-    trainer = tiny_trainer(tokens, learning_rate=0.5, min_lr=0.5, steps=40)
-    result = trainer.run(progress=False)
+def test_keep_best_saves_the_weights_of_the_best_step(tokens, tmp_path):
+    from gptmini.training.checkpoint import load_checkpoint, save_checkpoint
+
+    trainer = tiny_trainer(tokens, learning_rate=0.05, min_lr=0.05, steps=30)
+    at_eval = {}
+
+    def keep(row):
+        at_eval[row["step"]] = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+    result = trainer.run(on_eval=keep, progress=False)
     best = min(trainer.evals, key=lambda r: r["val_loss"])
     assert result.best_val_loss == best["val_loss"] and result.best_step == best["step"]
+    assert result.best_step < 30  # a restore is needed: the last step is not the best
+    save_checkpoint(tmp_path / "ckpt.pt", trainer.model,
+                    model_config(block_size=16, n_layer=1, n_head=2, n_embd=16),
+                    {"kind": "char", "vocab": [], "dtype": "uint16"}, result.steps)
+    saved = load_checkpoint(tmp_path / "ckpt.pt")["model"]
+    for name, weights in at_eval[result.best_step].items():
+        assert torch.equal(saved[name], weights), name
+    assert any(not torch.equal(saved[k], v) for k, v in at_eval[30].items())
 
 
 def test_fingerprint_follows_config_and_bytes(tmp_path):
@@ -132,17 +148,6 @@ def test_dtype_choice():
     assert pick_dtype("float32", cpu) == torch.float32
     assert pick_dtype("bfloat16", cpu) == torch.bfloat16
     assert pick_dtype("auto", torch.device("mps")) == torch.float32
-
-
-def test_an_error_inside_a_run_marks_it_failed(tmp_path, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'm.db'}")
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(ConfigError), mlflow_run(run_name="doomed") as run:
-        raise ConfigError("params.yaml: train.x = 1: must be 2")
-    assert mlflow.get_run(run.info.run_id).info.status == "FAILED"
-    with mlflow_run(run_name="fine") as ok:
-        pass
-    assert mlflow.get_run(ok.info.run_id).info.status == "FINISHED"
 
 
 def tiny_params(**train):
@@ -210,6 +215,21 @@ def test_the_train_stage_writes_its_outputs_and_one_mlflow_run(tmp_path, monkeyp
         (root / "data/volatile/mlflow_run.json").read_text()
 
 
+def test_an_error_inside_the_train_stage_marks_its_mlflow_run_failed(tmp_path, monkeypatch):
+    """A real fault in the real stage: its log file's path is taken by a folder, so writing
+    the outputs fails after training, inside the run."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    root = tmp_path / "p"
+    (root / "metrics/train_log.csv").mkdir(parents=True)
+    with pytest.raises(IsADirectoryError):
+        run_train_stage(root, make_corpus(300), tiny_params())
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["gptmini"], output_format="list")
+    assert [r.info.status for r in runs] == ["FAILED"]
+    client = mlflow.MlflowClient()
+    assert len(client.get_metric_history(runs[0].info.run_id, "train_loss")) == 12
+
+
 def test_the_train_stage_refuses_a_context_longer_than_a_split(tmp_path):
     with pytest.raises(ConfigError, match=r"model.block_size = 16: must be < the val split"):
         run_train_stage(tmp_path, "ab\n" * 30, tiny_params())
@@ -247,3 +267,76 @@ def test_a_run_id_from_another_store_is_replaced_for_the_later_stages(tmp_path, 
     with pipeline_run("export") as second:
         pass
     assert second.info.run_id == first.info.run_id  # export joins evaluate's run
+
+
+def crash_after_the_first_save(monkeypatch, root, text: str, params) -> None:
+    """Run the train stage until its first resume state is written, then crash it."""
+    from gptmini.training.resume import ResumeStore
+
+    class Crash(Exception):
+        pass
+
+    real_save = ResumeStore.save
+
+    def save_then_crash(self, state, run_id):
+        real_save(self, state, run_id)
+        raise Crash
+
+    with monkeypatch.context() as patched:
+        patched.setattr(ResumeStore, "save", save_then_crash)
+        with pytest.raises(Crash):
+            run_train_stage(root, text, params)
+
+
+@pytest.fixture(scope="module")
+def fresh_checkpoint(tmp_path_factory) -> bytes:
+    """The checkpoint of the tiny train stage never interrupted."""
+    root = tmp_path_factory.mktemp("fresh")
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    run_train_stage(root, make_corpus(300), tiny_params())
+    return (root / "data/model/ckpt.pt").read_bytes()
+
+
+def _truncate(path) -> None:
+    path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize("damage,message", [
+    ("truncated state", r"rank0-step5\.pt is truncated or corrupt \(\w+\)"),
+    ("missing state", r"rank0-step5\.pt, named by manifest\.json, is missing"),
+    ("truncated manifest", r"unreadable manifest\.json \(JSONDecodeError\)"),
+])
+def test_a_corrupt_resume_state_is_one_line_and_a_fresh_start(tmp_path, monkeypatch, capsys,
+                                                               fresh_checkpoint, damage,
+                                                               message):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    root, text = tmp_path / "p", make_corpus(300)
+    crash_after_the_first_save(monkeypatch, root, text, tiny_params())
+    state = root / "data/train_state"
+    assert json.loads((state / "manifest.json").read_text())["step"] == 5
+    {"truncated state": lambda: _truncate(state / "rank0-step5.pt"),
+     "missing state": lambda: (state / "rank0-step5.pt").unlink(),
+     "truncated manifest": lambda: _truncate(state / "manifest.json")}[damage]()
+    capsys.readouterr()
+    result = run_train_stage(root, text, tiny_params())
+    out = capsys.readouterr()
+    lines = [line for line in out.out.splitlines() if "train_state" in line]
+    assert len(lines) == 1, out.out
+    assert re.fullmatch(rf".*data/train_state: {message}; starting over \(delete "
+                        rf".*data/train_state to discard it by hand\)", lines[0]), lines[0]
+    assert "resuming" not in out.out and "Traceback" not in out.err
+    assert result.steps == 12
+    assert (root / "data/model/ckpt.pt").read_bytes() == fresh_checkpoint
+    assert not state.exists()
+
+
+def test_a_state_made_on_other_token_bytes_is_not_resumed(tmp_path, monkeypatch, capsys):
+    """Same params, another corpus: the token files differ, so the state is not this run's."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    root = tmp_path / "p"
+    crash_after_the_first_save(monkeypatch, root, make_corpus(300), tiny_params())
+    capsys.readouterr()
+    result = run_train_stage(root, make_corpus(300, seed=1), tiny_params())
+    out = capsys.readouterr().out
+    assert "data/train_state: saved state is for other params or data; starting over" in out
+    assert "resuming" not in out and result.steps == 12

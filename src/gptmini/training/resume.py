@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 import shutil
 from pathlib import Path
 from typing import Any
@@ -48,19 +49,55 @@ class ResumeStore:
             dist.barrier()
 
     def load(self) -> tuple[dict[str, Any], str | None] | None:
-        """(trainer state, MLflow run id) of the last complete save, or None."""
+        """(trainer state, MLflow run id) of the last complete save, or None: when there is
+        none, and when the saved state cannot be this run's (other params or data, another
+        number of processes, an unreadable manifest, a missing or truncated state file).
+        Each refusal is one line on stdout and a fresh start; the next save replaces the
+        state. Every process takes the same decision."""
+        if not self.dir.exists():
+            return None
+        loaded, reason = self._read()
+        if self.dist.world_size > 1:  # one process's bad file restarts them all
+            device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+            ok = torch.tensor([0 if loaded is None else 1], device=device)
+            dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+            if not ok.item():
+                loaded, reason = None, reason or "another process's state cannot be read"
+        if loaded is None:
+            if reason and self.dist.is_main:
+                print(f"{self.dir}: {reason}; starting over (delete {self.dir} to discard "
+                      f"it by hand)")
+            return None
+        self.saved_step = loaded[0]["step"]
+        return loaded
+
+    def _read(self) -> tuple[tuple[dict[str, Any], str | None] | None, str | None]:
+        """(state, run id) or None, and why not."""
         try:
             manifest = json.loads(self.manifest.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            return None
-        if manifest.get("fingerprint") != self.fingerprint or \
-                manifest.get("world_size") != self.dist.world_size:
-            if self.dist.is_main:
-                print(f"{self.dir}: saved state is for other params or data; starting over")
-            return None
-        state = torch.load(self._file(manifest["step"]), map_location="cpu", weights_only=True)
-        self.saved_step = manifest["step"]
-        return state, manifest.get("run_id")
+        except FileNotFoundError:
+            return None, None if not any(self.dir.iterdir()) else "no manifest names a state"
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            return None, f"unreadable {self.manifest.name} ({type(exc).__name__})"
+        step = manifest.get("step") if isinstance(manifest, dict) else None
+        if not isinstance(step, int):
+            return None, f"{self.manifest.name} names no step"
+        saved_ws = manifest.get("world_size")
+        if saved_ws != self.dist.world_size:
+            return None, (f"saved state is for {saved_ws} process(es), this run has "
+                          f"{self.dist.world_size}")
+        if manifest.get("fingerprint") != self.fingerprint:
+            return None, "saved state is for other params or data"
+        path = self._file(step)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            return None, f"{path.name}, named by {self.manifest.name}, is missing"
+        except (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError) as exc:
+            return None, f"{path.name} is truncated or corrupt ({type(exc).__name__})"
+        if not isinstance(state, dict) or state.get("step") != step:
+            return None, f"{path.name} does not hold the state of step {step}"
+        return (state, manifest.get("run_id")), None
 
     def save(self, state: dict[str, Any], run_id: str | None) -> None:
         step = state["step"]

@@ -7,6 +7,7 @@ The default store is SQLite at ``<project root>/mlflow.db``, an absolute path, s
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import time
@@ -29,6 +30,37 @@ def default_tracking_uri() -> str:
 
 def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+
+
+def connect() -> str:
+    """Point MLflow at the project's store and return its URI. A SQLite store's tables are
+    created under a file lock: MLflow's tracking store creates and migrates them without
+    one, so two processes opening a new store at once (``dvc queue start -j 2``) fail with
+    "duplicate column name". Once per process and store."""
+    import mlflow
+
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    if uri.startswith("sqlite:") and uri not in _READY:
+        with _store_lock(uri):
+            mlflow.MlflowClient(uri)  # makes (or finds) every table
+        _READY.add(uri)
+    return uri
+
+
+_READY: set[str] = set()
+
+
+def _store_lock(uri: str) -> Any:
+    """A lock that the processes sharing a SQLite store agree on, kept outside the project
+    (a file beside the store would show in ``git status``)."""
+    import hashlib
+    import tempfile
+
+    from filelock import FileLock
+
+    digest = hashlib.sha256(uri.encode()).hexdigest()[:16]
+    return FileLock(Path(tempfile.gettempdir()) / f"gptmini-mlflow-{digest}.lock", timeout=300)
 
 
 def _git(*args: str) -> str | None:
@@ -72,6 +104,9 @@ def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _experiment_id(uri: str) -> str:
+    """The id of the experiment runs go to, created on first use. Two processes may both
+    find it missing: on SQLite the store's lock lets one create it; on a server, the one
+    that loses the race reads the winner's."""
     import mlflow
 
     name = os.environ.get(EXPERIMENT_ENV) or DEFAULT_EXPERIMENT
@@ -83,7 +118,17 @@ def _experiment_id(uri: str) -> str:
     location = None
     if uri == default_tracking_uri():
         location = (project_root() / "mlartifacts").as_uri()
-    return mlflow.create_experiment(name, artifact_location=location)
+    with _store_lock(uri) if uri.startswith("sqlite:") else contextlib.nullcontext():
+        experiment = mlflow.get_experiment_by_name(name)
+        if experiment is not None:
+            return experiment.experiment_id
+        try:
+            return mlflow.create_experiment(name, artifact_location=location)
+        except mlflow.exceptions.MlflowException:
+            experiment = mlflow.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+            return experiment.experiment_id
 
 
 @contextmanager
@@ -93,8 +138,7 @@ def mlflow_run(run_id: str | None = None, *, run_name: str | None = None,
     marks the run FAILED; a normal exit marks it FINISHED."""
     import mlflow
 
-    uri = tracking_uri()
-    mlflow.set_tracking_uri(uri)
+    uri = connect()
     if run_id is not None:
         try:
             mlflow.get_run(run_id)
@@ -168,7 +212,7 @@ def pipeline_run(stage: str, params: dict[str, Any] | None = None) -> Iterator[A
     run_id = read_run_id()
     tags = provenance_tags()
     if run_id is not None and params:
-        mlflow.set_tracking_uri(tracking_uri())
+        connect()
         try:
             logged = mlflow.get_run(run_id).data.params
         except mlflow.exceptions.MlflowException:

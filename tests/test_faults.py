@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
+import math
 import os
 import resource
 import signal
@@ -138,3 +140,55 @@ def test_a_full_disk_or_failed_rename_while_exporting_keeps_the_previous_export(
         weights_sha256(tiny.model)
     export(*args)  # once the disk is fine again, the new export replaces the old one
     assert tree_digest(tiny.directory) != before
+
+
+@pytest.mark.parametrize("poison", ["gradient", "weight"])
+def test_a_nan_on_the_step_before_a_save_never_reaches_the_saved_state(tmp_path, monkeypatch,
+                                                                        poison):
+    """checkpoint_interval 5: step 9's end saves the state of step 10. A NaN gradient at
+    step 9 (its loss still finite) would, through the optimizer step, put NaN weights into
+    that state; so would an optimizer step that overflows. The train stage stops with one
+    line, and the state on disk stays the clean one of step 5."""
+    from test_train import run_train_stage, tiny_params
+
+    from gptmini.core.stage import StageError
+    from gptmini.training import run as train_run
+    from gptmini.training.resume import ResumeStore
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'm.db'}")
+    real_trainer = train_run.Trainer
+
+    class PoisonedTrainer(real_trainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            weight = self.model.ln_f.weight
+            if poison == "gradient":  # a real autograd hook: the loss stays finite
+                weight.register_hook(lambda g: g * math.nan if self.step == 9 else g)
+            else:  # a real optimizer hook, after the step: the weights overflow
+                def overflow(optimizer, args, kwargs):
+                    if self.step == 9:
+                        with torch.no_grad():
+                            weight[0] = math.inf
+                self.optimizer.register_step_post_hook(overflow)
+
+    monkeypatch.setattr(train_run, "Trainer", PoisonedTrainer)
+    root = tmp_path / "project"
+    with pytest.raises(StageError) as err:
+        run_train_stage(root, make_corpus(300), tiny_params())
+    expected = {"gradient": "non-finite gradient norm nan at step 9",
+                "weight": "non-finite weight ln_f.weight inf at step 10"}[poison]
+    assert str(err.value) == (f"training stopped: {expected}; the last good state (step 5) "
+                              "is kept in data/train_state/")
+    fp = json.loads((root / "data/train_state/manifest.json").read_text())["fingerprint"]
+    state, run_id = ResumeStore(root / "data/train_state", fp, Distributed()).load()
+    assert state["step"] == 5
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+    assert all(torch.isfinite(v).all() for s in state["optimizer"]["state"].values()
+               for v in s.values())
+    assert sorted(p.name for p in (root / "data/train_state").iterdir()) == [
+        "manifest.json", "rank0-step5.pt"]
+    assert not (root / "data/model/ckpt.pt").exists()
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'm.db'}")
+    assert mlflow.get_run(run_id).info.status == "FAILED"

@@ -39,7 +39,7 @@ from gptmini.core.device import (
     seed_everything,
 )
 from gptmini.core.hashing import weights_sha256
-from gptmini.core.stage import StageError
+from gptmini.core.stage import Interrupted, StageError
 from gptmini.data.tokens import SPLITS, load_tokens
 from gptmini.model import GPT
 from gptmini.training.checkpoint import save_checkpoint
@@ -152,6 +152,9 @@ def _train_tracked(trainer: Trainer, store: ResumeStore, buffer: MetricBuffer | 
         kept = (f"the last good state (step {store.saved_step}) is kept in {paths.RESUME_DIR}/"
                 if store.saved_step is not None else "no state was saved yet")
         raise StageError(f"training stopped: {exc}; {kept}") from None
+    except Interrupted as exc:
+        raise Interrupted(f"{exc}; its state is saved in {paths.RESUME_DIR}/: rerun the stage "
+                          "(dvc repro) to resume", exc.signum) from None
 
 
 def _write_outputs(params: Params, model: GPT, tokenizer: dict[str, Any], result: TrainResult,

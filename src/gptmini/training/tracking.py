@@ -90,7 +90,8 @@ def _experiment_id(uri: str) -> str:
 def mlflow_run(run_id: str | None = None, *, run_name: str | None = None,
                tags: dict[str, str] | None = None) -> Iterator[Any]:
     """Open (or reopen, by id) a run on the project's store. An exception inside
-    marks the run FAILED; a normal exit marks it FINISHED."""
+    marks the run FAILED, Ctrl-C or SIGTERM (KeyboardInterrupt) KILLED; a normal exit
+    marks it FINISHED."""
     import mlflow
 
     uri = tracking_uri()
@@ -103,7 +104,11 @@ def mlflow_run(run_id: str | None = None, *, run_name: str | None = None,
     kwargs: dict[str, Any] = {"run_id": run_id} if run_id else {
         "experiment_id": _experiment_id(uri), "run_name": run_name}
     with mlflow.start_run(**kwargs, tags=tags) as run:
-        yield run
+        try:
+            yield run
+        except KeyboardInterrupt:  # Ctrl-C, or a stage's `Interrupted` (SIGTERM too)
+            mlflow.end_run("KILLED")
+            raise
 
 
 class MetricBuffer:

@@ -9,6 +9,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import resource
 import signal
 from collections.abc import Iterator
@@ -192,3 +193,190 @@ def test_a_nan_on_the_step_before_a_save_never_reaches_the_saved_state(tmp_path,
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'm.db'}")
     assert mlflow.get_run(run_id).info.status == "FAILED"
+
+
+# -- the tracking server dies mid-run --------------------------------------------------------
+
+SERVER_STEPS = 400  # checkpoint_interval 20: the metrics are flushed every 20 steps
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class TrackingServer:
+    """A real `mlflow server` on 127.0.0.1 (SQLite store, served artifacts) that a test can
+    kill (SIGKILL: it dies, it does not shut down) and start again on the same port and
+    store."""
+
+    def __init__(self, root: Path) -> None:
+        self.root, self.port, self.proc = root, free_port(), None
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        import subprocess
+        import sys
+        import time
+        import urllib.request
+
+        mlflow_exe = Path(sys.executable).parent / "mlflow"
+        log = open(self.root / "server.log", "ab")  # noqa: SIM115 (the server keeps it)
+        self.proc = subprocess.Popen(
+            [str(mlflow_exe), "server", "--backend-store-uri",
+             f"sqlite:///{self.root / 'server.db'}", "--artifacts-destination",
+             str(self.root / "artifacts"), "--host", "127.0.0.1", "--port", str(self.port),
+             "--workers", "1"], stdout=log, stderr=log, start_new_session=True)
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, (self.root / "server.log").read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.25)
+        raise AssertionError("mlflow server did not start in 180 s")
+
+    def kill(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+
+@pytest.fixture
+def server(tmp_path):
+    srv = TrackingServer(tmp_path)
+    srv.start()
+    yield srv
+    if srv.proc.poll() is None:
+        srv.kill()
+
+
+def server_project(tmp_path: Path, server: TrackingServer):
+    from pipeline_project import PipelineProject
+
+    corpus = tmp_path / "mirror" / "input.txt"
+    corpus.parent.mkdir()
+    corpus.write_text(make_corpus(1500, seed=3))
+    project = PipelineProject(tmp_path / "project", corpus)
+    params = project.params
+    params["train"].update(budget_chars=SERVER_STEPS * 8 * 32, checkpoint_interval=20,
+                           eval_interval=100)
+    project.write_params(params)
+    project.env["MLFLOW_TRACKING_URI"] = server.url
+    project.run("dvc", "repro", "tokenize")
+    return project
+
+
+def saved_step(project) -> int:
+    try:
+        return json.loads((project.root / "data/train_state/manifest.json").read_text())["step"]
+    except (FileNotFoundError, json.JSONDecodeError):
+        return -1
+
+
+def wait_for_step(project, proc, step: int) -> None:
+    import time
+
+    deadline = time.monotonic() + 300
+    while saved_step(project) < step:
+        assert proc.poll() is None, f"training ended before step {step}"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def assert_every_metric_once(server: TrackingServer, project):
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=server.url)
+    (run,) = client.search_runs([client.get_experiment_by_name("gptmini").experiment_id])
+    assert run.info.status == "FINISHED"
+    for key in ("train_loss", "train_lr", "train_tokens_per_second"):
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+        assert sorted(steps) == list(range(SERVER_STEPS)), key  # each step exactly once
+    evals = [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")]
+    assert sorted(evals) == list(range(0, SERVER_STEPS + 1, 100))
+    summary = json.loads((project.root / "metrics/train.json").read_text())
+    assert run.data.metrics["train.val_loss"] == summary["val_loss"]
+    assert "loss_curve.png" in [a.path for a in client.list_artifacts(run.info.run_id)]
+    return run
+
+
+def train_until_the_server_dies(tmp_path: Path, server: TrackingServer):
+    """`dvc repro train` under way, its tracking server SIGKILLed after the first save:
+    the project, the process, the step saved before the kill and the kill's time."""
+    import subprocess
+    import time
+
+    project = server_project(tmp_path, server)
+    proc = subprocess.Popen([project.dvc, "repro", "train"], cwd=project.root, env=project.env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_step(project, proc, 20)
+    server.kill()
+    return project, proc, saved_step(project), time.monotonic()
+
+
+@pytest.mark.slow
+def test_the_tracking_server_dies_mid_run_and_comes_back(tmp_path, server):
+    """Killed after the first save, back two saves later on the same port and store:
+    training never waits long, and the run ends FINISHED with every step's metrics once."""
+    import time
+
+    project, proc, killed_at, killed = train_until_the_server_dies(tmp_path, server)
+    wait_for_step(project, proc, killed_at + 60)  # three saves while it is down
+    down_for = time.monotonic() - killed
+    server.start()
+    back_at = saved_step(project)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    print(f"\nserver killed at step {killed_at}, down {down_for:.1f} s, restarted at step "
+          f"{back_at}; stage stderr: {[l for l in err.splitlines() if 'MLflow' in l]}")
+    assert err.count("training goes on") == 1  # said once, not at every save
+    assert (project.root / "data/model/ckpt.pt").exists()
+    if "the tracking store is back" not in err:  # training ended before the server was up:
+        assert (project.root / "data/volatile/mlflow_outbox.json").exists()
+        project.run("dvc", "repro")  # the next stage delivers it
+    assert not (project.root / "data/volatile/mlflow_outbox.json").exists()
+    assert_every_metric_once(server, project)
+
+
+@pytest.mark.slow
+def test_a_tracking_server_that_never_returns_costs_the_run_nothing(tmp_path, server):
+    """Killed after the first save and not back before the stage ends: the stage finishes
+    with all its outputs, in seconds rather than minutes of retries, and says in one line
+    where the rest waits; `gptmini mlflow-sync` delivers it once a server is back."""
+    import subprocess
+    import sys
+    import time
+
+    project, proc, killed_at, killed = train_until_the_server_dies(tmp_path, server)
+    out, err = proc.communicate(timeout=600)
+    after_kill = time.monotonic() - killed
+    assert proc.returncode == 0, err[-3000:]
+    for output in ("data/model/ckpt.pt", "metrics/train.json", "metrics/train_log.csv",
+                   "metrics/eval_log.csv", "metrics/loss_curve.png"):
+        assert (project.root / output).is_file(), output
+    final = [line for line in err.splitlines() if "the run's remainder" in line]
+    assert len(final) == 1, err[-3000:]
+    assert re.search(
+        rf"MLflow: the tracking store {re.escape(server.url)} is unreachable \(.+\); the run's "
+        r"remainder "
+        r"\([\d,]+ metrics, 1 artifacts, run [0-9a-f]{32} FINISHED\) is kept in "
+        r"data/volatile/mlflow_outbox.json: `gptmini mlflow-sync` delivers it once the store "
+        r"is back", final[0]), final[0]
+    kept = json.loads((project.root / "data/volatile/mlflow_outbox.json").read_text())
+    (entry,) = kept.values()
+    print(f"\nserver killed at step {killed_at}; the stage ended {after_kill:.1f} s later "
+          f"with {len(entry['metrics'])} metrics kept")
+    server.start()
+    sync = subprocess.run([sys.executable, "-m", "gptmini.serving.cli", "mlflow-sync"],
+                          cwd=project.root, env=project.env, capture_output=True, text=True)
+    assert sync.returncode == 0, sync.stderr
+    assert f"({len(entry['metrics']):,} metrics)" in sync.stdout
+    assert_every_metric_once(server, project)
+    again = subprocess.run([sys.executable, "-m", "gptmini.serving.cli", "mlflow-sync"],
+                           cwd=project.root, env=project.env, capture_output=True, text=True)
+    assert again.stdout.startswith("nothing to deliver")

@@ -188,9 +188,10 @@ def test_a_signal_stops_training_in_seconds_and_the_rerun_resumes_bit_identical(
         proc = subprocess.Popen([project.dvc, "repro", "train"], cwd=project.root,
                                 env=project.env, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + 900  # dvc, imports and 20 steps, on a busy machine
     while not manifest.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
+    assert manifest.exists(), "no first save in 900 s"
     time.sleep(random.uniform(0.0, 2.0))  # a random moment after the first periodic save
     assert proc.poll() is None, "training ended before the signal"
     before = json.loads(manifest.read_text())["step"]
@@ -216,7 +217,9 @@ def test_a_signal_stops_training_in_seconds_and_the_rerun_resumes_bit_identical(
     print(f"\n{name}: state of step {step} saved {saved_in:.2f} s after the signal, every "
           f"process gone after {exited_in:.2f} s")
     assert saved_in is not None and saved_in < 5
-    assert exited_in < 30  # the interpreters' and dvc's own exit, on a busy machine too
+    # then the interpreters' and dvc's own exit: 74 s measured once under a load average
+    # of 19 on 2 cores, so only bounded here (the stop itself is the save above)
+    assert exited_in < 180
     assert json.loads(manifest.read_text())["step"] == step
     assert 0 < step < 160
     assert not (project.root / "data/model/ckpt.pt").exists()

@@ -413,3 +413,61 @@ def test_mlflow_sync_keeps_the_outbox_while_the_store_is_still_unreachable(tmp_p
     assert took < 15, took
     assert main(["mlflow-sync", "--outbox", str(tmp_path / "none.json")]) == 0
     assert capsys.readouterr().out.startswith("nothing to deliver")
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_train_stage_saves_the_step_under_way_and_resumes_bit_identical(
+        tmp_path, monkeypatch):
+    """The real train stage in this process, a real SIGTERM to it after its first save:
+    the state of the step under way is saved, the run is KILLED with every step's metric
+    up to there; the rerun resumes to the uninterrupted run's weights, FINISHED."""
+    import threading
+    import time
+
+    import mlflow
+    from test_train import run_train_stage, tiny_params
+
+    from gptmini.core.hashing import weights_sha256
+    from gptmini.core.stage import Interrupted
+    from gptmini.training.checkpoint import load_checkpoint, model_from_checkpoint
+
+    text, params = make_corpus(300), tiny_params(threads=1)  # 12 steps, saved every 5
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'ref.db'}")
+    run_train_stage(tmp_path / "ref", text, params)
+    uri = f"sqlite:///{tmp_path / 'sig.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    manifest = tmp_path / "sig/data/train_state/manifest.json"
+    sent = []
+
+    def signal_after_the_first_save():
+        while not manifest.exists():
+            time.sleep(0.01)
+        time.sleep(0.3)
+        sent.append(time.monotonic())
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=signal_after_the_first_save, daemon=True).start()
+    with pytest.raises(Interrupted) as err:
+        run_train_stage(tmp_path / "sig", text, params)
+    stopped_in = time.monotonic() - sent[0]
+    step = json.loads(manifest.read_text())["step"]
+    assert str(err.value) == (f"training stopped by SIGTERM at step {step}; its state is "
+                              "saved in data/train_state/: rerun the stage (dvc repro) to "
+                              "resume")
+    assert stopped_in < 5, stopped_in
+    mlflow.set_tracking_uri(uri)
+    (run,) = mlflow.search_runs(experiment_names=["gptmini"], output_format="list")
+    assert run.info.status == "KILLED"
+    client = mlflow.MlflowClient()
+    history = client.get_metric_history(run.info.run_id, "train_loss")
+    assert sorted(m.step for m in history) == list(range(step))
+    run_train_stage(tmp_path / "sig", text, params)
+
+    def weights(root):
+        return weights_sha256(model_from_checkpoint(load_checkpoint(
+            root / "data/model/ckpt.pt")))
+
+    assert weights(tmp_path / "sig") == weights(tmp_path / "ref")
+    assert mlflow.get_run(run.info.run_id).info.status == "FINISHED"
+    history = client.get_metric_history(run.info.run_id, "train_loss")
+    assert sorted(m.step for m in history) == list(range(12))

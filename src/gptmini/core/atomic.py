@@ -61,17 +61,24 @@ def write_json(target: str | Path, obj: Any) -> None:
 
 @contextmanager
 def atomic_dir(target: str | Path) -> Iterator[Path]:
-    """Yield a temporary directory that replaces the directory `target` on success."""
+    """Yield a temporary directory that replaces the directory `target` on success; on an
+    error (a full disk, a failed rename) the previous directory stays whole."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    old = target.with_name(f".{target.name}.old")
+    if old.exists() and not target.exists():  # a crash between the two renames below
+        os.replace(old, target)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
     try:
         yield tmp
         if target.exists():
-            old = target.with_name(f".{target.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             os.replace(target, old)
-            os.replace(tmp, target)
+            try:
+                os.replace(tmp, target)
+            except BaseException:
+                os.replace(old, target)  # the previous directory stays where it was
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, target)

@@ -21,3 +21,4 @@ RESUME_DIR = Path("data/train_state")  # the crash-safe resume state: gptmini.tr
 VOLATILE_DIR = Path("data/volatile")   # what differs between two identical runs:
 RUN_JSON = VOLATILE_DIR / "mlflow_run.json"  # the MLflow run that evaluate and export reopen
 TIMINGS_JSON = VOLATILE_DIR / "timings.json"  # wall seconds and tokens/s of the last training
+MLFLOW_OUTBOX = VOLATILE_DIR / "mlflow_outbox.json"  # what the tracking store missed

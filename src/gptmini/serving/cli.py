@@ -140,6 +140,31 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_mlflow_sync(args: argparse.Namespace) -> int:
+    from gptmini.core import paths
+    from gptmini.core.env import project_root
+    from gptmini.training.tracking import (
+        Outbox,
+        bound_http_requests,
+        first_line,
+        unreachable_errors,
+    )
+
+    outbox = Outbox(args.outbox or project_root() / paths.MLFLOW_OUTBOX)
+    if not outbox.path.exists():
+        print(f"nothing to deliver: no {outbox.path}")
+        return 0
+    kept = outbox.describe()
+    bound_http_requests()
+    try:
+        delivered = outbox.deliver()
+    except unreachable_errors() as exc:
+        raise CliError(f"the tracking store is still unreachable ({first_line(exc)}); "
+                       f"kept in {outbox.path}: {outbox.describe()}") from None
+    print(f"delivered {kept} ({delivered:,} metrics) from {outbox.path}")
+    return 0
+
+
 # -- info -----------------------------------------------------------------------------------
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -227,6 +252,16 @@ def build_parser() -> argparse.ArgumentParser:
                       help="MLflow store (default: $MLFLOW_TRACKING_URI, else "
                            "sqlite:///<project>/mlflow.db)")
     runs.set_defaults(func=cmd_runs)
+
+    sync = sub.add_parser("mlflow-sync", help="deliver what the tracking server missed",
+                          description="Send the step metrics, artifacts and final run "
+                          "statuses that training kept in data/volatile/mlflow_outbox.json "
+                          "while the MLflow tracking server was unreachable, to the store "
+                          "each run belongs to.")
+    sync.add_argument("--outbox", type=Path, default=None, metavar="FILE",
+                      help="the outbox file (default: data/volatile/mlflow_outbox.json of the "
+                           "project you are in)")
+    sync.set_defaults(func=cmd_mlflow_sync)
 
     info = sub.add_parser("info", help="what the export holds",
                           description="The export's files, model, tokenizer and metrics.")

@@ -39,7 +39,7 @@ from gptmini.core.device import (
     seed_everything,
 )
 from gptmini.core.hashing import weights_sha256
-from gptmini.core.stage import StageError
+from gptmini.core.stage import Interrupted, StageError
 from gptmini.data.tokens import SPLITS, load_tokens
 from gptmini.model import GPT
 from gptmini.training.checkpoint import save_checkpoint
@@ -119,7 +119,7 @@ def train(params: Params) -> TrainResult | None:
                          f"{weights_sha256(model)}\n")  # one write: ranks share stderr
         if active:
             buffer.flush()
-            _write_outputs(params, model, tokenizer, result, run_name)
+            _write_outputs(params, model, tokenizer, result, run_name, buffer)
             write_run_id(active.info.run_id)
     store.clear()
     _finish(dist_info)
@@ -154,14 +154,15 @@ def _train_tracked(trainer: Trainer, store: ResumeStore, buffer: MetricBuffer | 
         kept = (f"the last good state (step {store.saved_step}) is kept in {paths.RESUME_DIR}/"
                 if store.saved_step is not None else "no state was saved yet")
         raise StageError(f"training stopped: {exc}; {kept}") from None
+    except Interrupted as exc:
+        raise Interrupted(f"{exc}; its state is saved in {paths.RESUME_DIR}/: rerun the stage "
+                          "(dvc repro) to resume", exc.signum) from None
 
 
 def _write_outputs(params: Params, model: GPT, tokenizer: dict[str, Any], result: TrainResult,
-                   run_name: str) -> None:
+                   run_name: str, buffer: MetricBuffer) -> None:
     """The stage's outputs (deterministic) and the volatile timings; the same summary and
-    timings go to MLflow."""
-    import mlflow
-
+    timings go to MLflow (or wait in its outbox while the store is unreachable)."""
     n_params = model.num_parameters()
     save_checkpoint(paths.CHECKPOINT, model, params.model, tokenizer, result.steps)
     write_csv(paths.TRAIN_LOG, result.history)
@@ -171,9 +172,9 @@ def _write_outputs(params: Params, model: GPT, tokenizer: dict[str, Any], result
     summary = {**result.summary(), "parameters": n_params}
     write_json(paths.TRAIN_METRICS, summary)
     write_json(paths.TIMINGS_JSON, {"train": result.timings()})
-    mlflow.log_metrics({f"train.{k}": float(v) for k, v in {**summary,
-                                                            **result.timings()}.items()})
-    mlflow.log_artifact(str(paths.LOSS_CURVE))
+    buffer.add_summary({f"train.{k}": v for k, v in {**summary, **result.timings()}.items()})
+    buffer.flush()
+    buffer.log_artifact(paths.LOSS_CURVE)
 
 
 def _finish(dist_info: Distributed) -> None:

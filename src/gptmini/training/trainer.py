@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import math
 import random
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +26,7 @@ import torch
 from gptmini.core.config import TrainConfig
 from gptmini.core.device import Distributed, autocast, seed_everything
 from gptmini.core.progress import progress_bar
+from gptmini.core.stage import Interrupted
 from gptmini.model import GPT
 
 
@@ -173,8 +177,11 @@ StepLogger = Callable[[dict[str, float]], None]
 
 
 class NonFiniteLoss(FloatingPointError):
-    def __init__(self, step: int, value: float) -> None:
-        super().__init__(f"non-finite loss {value} at step {step}")
+    """A non-finite loss, gradient norm or weight, caught before it reaches the weights
+    (the optimizer step) or a saved state."""
+
+    def __init__(self, step: int, value: float, what: str = "loss") -> None:
+        super().__init__(f"non-finite {what} {value} at step {step}")
         self.step = step
 
 
@@ -283,12 +290,32 @@ class Trainer:
         """Train from the current step to self.steps."""
         cfg = self.cfg
         tokens_per_step = cfg.batch_size * self.model.block_size * self.dist.world_size
-        sampler = self.samplers["train"]
-        batch = sampler.sample(self.device)
+        batch = self.samplers["train"].sample(self.device)
         start_step, session_start = self.step, time.perf_counter()
         start = session_start - self.elapsed  # the clock counts the steps before a resume too
         bar = progress_bar(total=self.steps, initial=self.step, desc="train",
                            disable=not (progress and self.dist.is_main))
+        with self._stop_on_signals():
+            self._loop(batch, start, tokens_per_step, bar, on_step, on_eval, on_checkpoint)
+        bar.close()
+        self._evaluate(on_eval)
+        if cfg.keep_best and self.best_weights is not None and self.best_step != self.step:
+            self.model.load_state_dict(self.best_weights)
+        now = time.perf_counter()
+        return TrainResult(
+            steps=self.step, final_train_loss=self.evals[-1]["train_loss"],
+            final_val_loss=self.evals[-1]["val_loss"], best_val_loss=self.best_val,
+            best_step=self.best_step, wall_seconds=now - start,
+            tokens_per_second=(self.step - start_step) * tokens_per_step / (now - session_start),
+            history=self.history, evals=self.evals)
+
+    def _loop(self, batch: tuple[torch.Tensor, torch.Tensor], start: float,
+              tokens_per_step: int, bar: Any, on_step: StepLogger | None,
+              on_eval: StepLogger | None,
+              on_checkpoint: Callable[[Trainer], None] | None) -> None:
+        """The steps of `run`: each checks its loss and gradients before the optimizer
+        step and the weights before a state is saved; a stop signal saves and raises."""
+        cfg, sampler = self.cfg, self.samplers["train"]
         while self.step < self.steps:
             if self.step % cfg.eval_interval == 0:
                 self._evaluate(on_eval)
@@ -301,16 +328,12 @@ class Trainer:
                 loss = self.step_model(x, y)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            loss_value = self._finite_loss_and_gradients(loss)  # before the optimizer step
             self.optimizer.step()
             # The resume state keeps the sampler as it is *before* the next batch is drawn.
             next_sampler_state = sampler.state
             if self.step + 1 < self.steps:
                 batch = sampler.sample(self.device)  # prefetch: overlaps the device's work
-            loss_value = loss.item()  # also synchronises the device, so the timing is honest
-            if not math.isfinite(loss_value):
-                raise NonFiniteLoss(self.step, loss_value)
             row = {"step": self.step, "loss": loss_value, "lr": lr}
             self.history.append(row)
             if on_step:
@@ -319,21 +342,67 @@ class Trainer:
             bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", refresh=False)
             self.step += 1
             self.elapsed = time.perf_counter() - start
-            if self.step % cfg.checkpoint_interval == 0 and self.step < self.steps \
-                    and on_checkpoint:
-                live_state = sampler.state
-                sampler.state = next_sampler_state
-                on_checkpoint(self)
-                sampler.state = live_state
-        bar.close()
-        self._evaluate(on_eval)
-        if cfg.keep_best and self.best_weights is not None and self.best_step != self.step:
-            self.model.load_state_dict(self.best_weights)
-        now = time.perf_counter()
-        return TrainResult(
-            steps=self.step, final_train_loss=self.evals[-1]["train_loss"],
-            final_val_loss=self.evals[-1]["val_loss"], best_val_loss=self.best_val,
-            best_step=self.best_step, wall_seconds=now - start,
-            tokens_per_second=(self.step - start_step) * tokens_per_step / (now - session_start),
-            history=self.history, evals=self.evals)
+            stop = self._stop_requested()
+            if (stop or self.step % cfg.checkpoint_interval == 0) and self.step < self.steps:
+                self._require_finite_weights()  # a saved state is never a poisoned one
+                if on_checkpoint:
+                    live_state = sampler.state
+                    sampler.state = next_sampler_state
+                    on_checkpoint(self)
+                    sampler.state = live_state
+                if stop:
+                    raise Interrupted(f"training stopped by {signal.Signals(stop).name} at "
+                                      f"step {self.step}", stop)
+
+    def _finite_loss_and_gradients(self, loss: torch.Tensor) -> float:
+        """The loss (one device sync for it and the gradient norm), after clipping the
+        gradients; raises before a non-finite value reaches the optimizer step."""
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        if self.cfg.grad_clip > 0:
+            norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
+        else:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        loss_value, norm_value = torch.stack([loss.detach().float(), norm.float()]).tolist()
+        if not math.isfinite(loss_value):
+            raise NonFiniteLoss(self.step, loss_value)
+        if not math.isfinite(norm_value):
+            raise NonFiniteLoss(self.step, norm_value, "gradient norm")
+        return loss_value
+
+    def _require_finite_weights(self) -> None:
+        for name, param in self.model.named_parameters():
+            if not torch.isfinite(param).all():
+                value = math.nan if torch.isnan(param).any() else math.inf
+                raise NonFiniteLoss(self.step, value, f"weight {name}")
+
+    @contextmanager
+    def _stop_on_signals(self) -> Iterator[None]:
+        """Ctrl-C (SIGINT) and SIGTERM stop the loop after the step under way, which then
+        saves its state (on_checkpoint) and raises `Interrupted`; a second signal stops at
+        once. Only the main thread takes signals: elsewhere they keep their handlers."""
+        self._stop_signal = 0
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def request_stop(signum: int, frame: Any) -> None:
+            if self._stop_signal:
+                raise KeyboardInterrupt
+            self._stop_signal = signum
+
+        previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def _stop_requested(self) -> int:
+        """The signal that asked to stop (0: none), agreed by every process, so that all
+        of them save the same step."""
+        if self.dist.world_size == 1:
+            return self._stop_signal
+        flag = torch.tensor([self._stop_signal], device=self.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return int(flag.item())
 

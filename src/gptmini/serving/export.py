@@ -31,6 +31,7 @@ TOKENIZER_FILE = "tokenizer.json"
 METRICS_FILE = "evaluation_metrics.json"
 TRAIN_LOG_FILE = "train_log.csv"
 EVAL_LOG_FILE = "eval_log.csv"
+MLFLOW_ARTIFACT = "export"  # the export's folder in the pipeline's run and in its MLflow Model
 
 USAGE = """\
 # GPT-Mini export

@@ -1,6 +1,7 @@
 """The export as an MLflow Model: a pyfunc logged through MLflow's "models from code" route,
-so nothing of this project is pickled. Text in (a `prompt` column, a list of strings or one
-string), text out (the generated continuation of each prompt, the prompt not repeated).
+so nothing of this project is pickled. Text in (a `prompt` column: a DataFrame, or
+`{"prompt": [...]}`), text out (the generated continuation of each prompt, the prompt not
+repeated).
 
 The sampling params (`max_new_tokens`, `temperature`, `top_k`, `top_p`, `seed`, `stop`) are
 checked by `Sampling.from_user`, the same check as the CLI's and the app's; a value out of
@@ -21,7 +22,6 @@ from typing import Any
 import mlflow
 from mlflow.pyfunc import PythonModel
 
-EXPORT_ARTIFACT = "export"      # the export directory, an artifact of the model
 PROMPT_COLUMN = "prompt"
 MAX_NEW_TOKENS = 2000           # per prompt, so one request cannot hold the server for long
 # name -> (MLflow type, default); None: off (top_k, stop) or a random seed (seed)
@@ -58,7 +58,7 @@ def input_example() -> tuple[Any, dict[str, Any]]:
 
 def prompts_of(model_input: Any) -> list[str]:
     """The prompts of a request: a DataFrame's `prompt` column (else its only column), a
-    list of strings, or one string."""
+    list of strings, or one string (the last two where MLflow's schema check is bypassed)."""
     import pandas as pd
 
     if isinstance(model_input, pd.DataFrame):
@@ -76,6 +76,9 @@ def prompts_of(model_input: Any) -> list[str]:
         values = _as_list(model_input[PROMPT_COLUMN])
     else:
         values = _as_list(model_input)
+    # In process, MLflow turns {"prompt": ["a", "b"]} into one row that holds the list.
+    values = [v for value in values
+              for v in (_as_list(value) if not isinstance(value, str) else [value])]
     if not all(isinstance(v, str) for v in values):
         raise _invalid("every prompt must be a string")
     return values
@@ -100,9 +103,9 @@ class GPTMiniModel(PythonModel):
     """Loads the export (TorchScript, tokenizer) and generates with its KV cache."""
 
     def load_context(self, context) -> None:
-        from gptmini.serving.export import load_export
+        from gptmini.serving.export import MLFLOW_ARTIFACT, load_export
 
-        self.exported = load_export(context.artifacts[EXPORT_ARTIFACT])
+        self.exported = load_export(context.artifacts[MLFLOW_ARTIFACT])
 
     # No type hints here: MLflow would read them as the input schema, which the signature
     # (logged with the model) already gives.

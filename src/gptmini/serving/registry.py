@@ -22,7 +22,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from gptmini.serving.export import ExportError, LoadedExport, load_export
+from gptmini.serving.export import MLFLOW_ARTIFACT, ExportError, LoadedExport, load_export
 
 REGISTERED_MODEL = "gptmini"
 CHAMPION = "champion"
@@ -62,7 +62,7 @@ def log_model(export_dir: str | Path) -> Any:
 
     import gptmini
     from gptmini.serving import mlflow_model
-    from gptmini.serving.mlflow_model import EXPORT_ARTIFACT, input_example, signature
+    from gptmini.serving.mlflow_model import input_example, signature
 
     package = Path(gptmini.__file__).parent
     with tempfile.TemporaryDirectory() as tmp:
@@ -70,7 +70,7 @@ def log_model(export_dir: str | Path) -> Any:
         shutil.copytree(package, code, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         return mlflow.pyfunc.log_model(
             name=MODEL_NAME, python_model=mlflow_model.__file__,
-            artifacts={EXPORT_ARTIFACT: str(Path(export_dir).resolve())},
+            artifacts={MLFLOW_ARTIFACT: str(Path(export_dir).resolve())},
             code_paths=[str(code)], signature=signature(), input_example=input_example(),
             pip_requirements=requirements())
 
@@ -138,7 +138,7 @@ def export_stage(params: Any = None) -> dict[str, Any]:
                     train_log=paths.TRAIN_LOG, eval_log=paths.EVAL_LOG)
     with pipeline_run("export"):
         mlflow.log_artifact(str(paths.EXPORT_DIR / METRICS_FILE))
-        mlflow.log_artifacts(str(paths.EXPORT_DIR), artifact_path="export")
+        mlflow.log_artifacts(str(paths.EXPORT_DIR), artifact_path=MLFLOW_ARTIFACT)
         published = publish(paths.EXPORT_DIR, record)
     print(f"exported to {paths.EXPORT_DIR}/: {describe_model(record)}")
     print(published.describe())
@@ -158,7 +158,6 @@ def load_model(source: str | Path) -> LoadedExport:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from gptmini.serving.mlflow_model import EXPORT_ARTIFACT
     from gptmini.training.tracking import tracking_uri
 
     mlflow.set_tracking_uri(tracking_uri())
@@ -170,8 +169,8 @@ def load_model(source: str | Path) -> LoadedExport:
     except MlflowException as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ExportError(f"cannot load {source} from {tracking_uri()}: {first}") from None
-    directory = Path(local) / "artifacts" / EXPORT_ARTIFACT
+    directory = Path(local) / "artifacts" / MLFLOW_ARTIFACT
     if not directory.is_dir():
         raise ExportError(f"{source} is not a GPT-Mini model (it has no "
-                          f"artifacts/{EXPORT_ARTIFACT}/)")
+                          f"artifacts/{MLFLOW_ARTIFACT}/)")
     return load_export(directory)

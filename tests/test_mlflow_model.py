@@ -39,11 +39,11 @@ def store(tmp_path_factory):
     mlflow.set_tracking_uri(uri)
     experiment = mlflow.create_experiment("t", artifact_location=(root / "art").as_uri())
     record = json.loads((tiny.directory / "evaluation_metrics.json").read_text())
-    with mlflow.start_run(experiment_id=experiment):
+    with mlflow.start_run(experiment_id=experiment) as run:
         start = time.perf_counter()
         published = publish(tiny.directory, record)
         seconds = time.perf_counter() - start
-    yield tiny, published, record, root, seconds
+    yield tiny, published, record, root, seconds, run.info.run_id
     for key, value in saved.items():
         if value is None:
             os.environ.pop(key, None)
@@ -64,7 +64,7 @@ def python(code: str, cwd: Path) -> str:
 
 
 def test_publish_registers_version_1_as_champion_quickly(store):
-    tiny, published, record, root, seconds = store
+    tiny, published, record, root, seconds, _ = store
     assert published.version == "1" and published.promoted
     assert published.bpc == record["metrics"]["bpc"] == 1.5
     print(f"publish (log + register) took {seconds:.1f} s")
@@ -72,7 +72,7 @@ def test_publish_registers_version_1_as_champion_quickly(store):
 
 
 def test_the_model_is_code_not_a_pickle_and_carries_its_signature(store):
-    tiny, published, _, root, _ = store
+    tiny, published, _, root, _, _ = store
     local = Path(mlflow.artifacts.download_artifacts(published.model_uri,
                                                      dst_path=str(root / "dl")))
     files = {p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()}
@@ -90,7 +90,7 @@ def test_the_model_is_code_not_a_pickle_and_carries_its_signature(store):
 
 
 def test_a_fresh_process_loads_and_predicts_with_the_models_own_code(store):
-    tiny, published, _, root, _ = store
+    tiny, published, _, root, _, _ = store
     out = python(f"""
 import json, mlflow, pandas as pd
 model = mlflow.pyfunc.load_model({CHAMPION_URI!r})
@@ -109,7 +109,7 @@ print(json.dumps({{"texts": list(texts), "code": g.__file__}}))
 
 
 def test_bad_sampling_params_are_a_clear_invalid_parameter_error(store):
-    tiny, published, _, root, _ = store
+    tiny, published, _, root, _, _ = store
     model = mlflow.pyfunc.load_model(published.model_uri)
     prompts = {"prompt": ["ROMEO:"]}
     assert model.predict(prompts, params={"max_new_tokens": 10, "seed": 1}) == [
@@ -121,7 +121,7 @@ def test_bad_sampling_params_are_a_clear_invalid_parameter_error(store):
 
 
 def test_champion_moves_only_to_a_version_with_a_lower_bpc(store):
-    tiny, published, record, _, _ = store
+    tiny, published, record, _, _, _ = store
     client = mlflow.MlflowClient()
 
     def with_bpc(bpc):
@@ -140,7 +140,7 @@ def test_champion_moves_only_to_a_version_with_a_lower_bpc(store):
 
 
 def test_cli_generates_and_describes_from_the_champion(store):
-    tiny, _, _, root, _ = store
+    tiny, _, _, root, _, run_id = store
 
     def cli(*args):
         proc = subprocess.run([sys.executable, "-m", "gptmini.serving.cli", *args], cwd=root,
@@ -153,6 +153,13 @@ def test_cli_generates_and_describes_from_the_champion(store):
     assert from_registry == cli(*generate, "--export-dir", str(tiny.directory))
     assert from_registry == expected(tiny, "ROMEO:", 60, 11) + "\n"
     assert json.loads(cli("info", "--json", "--model", CHAMPION_URI))["metrics"]["bpc"] == 1.5
+    # The other ways to name it: a version, the run's model.
+    from gptmini.serving.registry import load_model
+
+    weights = json.loads((tiny.directory / "evaluation_metrics.json").read_text())["model"][
+        "weights_sha256"]
+    for uri in (f"models:/{REGISTERED_MODEL}/1", f"runs:/{run_id}/model"):
+        assert load_model(uri).record["model"]["weights_sha256"] == weights, uri
     bad = subprocess.run([sys.executable, "-m", "gptmini.serving.cli", "info", "--model",
                           "models:/no-such-model@champion"], cwd=root, text=True,
                          capture_output=True, timeout=300)
@@ -194,7 +201,7 @@ def _stop(process: subprocess.Popen) -> None:
 
 @pytest.mark.slow
 def test_mlflow_models_serve_answers_invocations(store):
-    tiny, _, _, root, _ = store
+    tiny, _, _, root, _, _ = store
     port = free_port()
     mlflow_cli = str(Path(sys.executable).parent / "mlflow")
     process = _start([mlflow_cli, "models", "serve", "-m", CHAMPION_URI, "--env-manager",
@@ -227,7 +234,7 @@ def test_mlflow_models_serve_answers_invocations(store):
 def test_the_app_serves_the_champion(store):
     from gradio_client import Client
 
-    tiny, _, _, root, _ = store
+    tiny, _, _, root, _, _ = store
     port = free_port()
     process = _start([sys.executable, "-m", "gptmini.serving.cli", "app", "--model",
                       CHAMPION_URI, "--port", str(port)], root / "app.log", root,

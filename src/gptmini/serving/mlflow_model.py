@@ -126,8 +126,17 @@ class GPTMiniModel(PythonModel):
                        for text in prompts_of(model_input)]
         except InputError as exc:
             raise _invalid(str(exc)) from None
-        return ["".join(stream(exported.model, exported.tokenizer, prompt, sampling))
-                for prompt in prompts]
+        # One torch thread, as the CLI and the app: decoding one token is too small a job to
+        # split, and split on busy cores it mostly waits (the caller's setting is restored).
+        import torch
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return ["".join(stream(exported.model, exported.tokenizer, prompt, sampling))
+                    for prompt in prompts]
+        finally:
+            torch.set_num_threads(threads)
 
 
 # The "models from code" entry point: MLflow runs this file under a name of its own and

@@ -175,7 +175,7 @@ def test_export_stage_exports_and_logs_to_the_pipeline_run(tmp_path, monkeypatch
     import mlflow
 
     from gptmini.core import paths
-    from gptmini.serving.export import export_stage
+    from gptmini.serving.registry import export_stage
     from gptmini.training.tracking import write_run_id
     from tiny_export import build_tiny_export
 
@@ -198,7 +198,8 @@ def test_export_stage_exports_and_logs_to_the_pipeline_run(tmp_path, monkeypatch
     write_run_id(run.info.run_id)
 
     record = export_stage()
-    assert f"exported to {paths.EXPORT_DIR}/: {describe_model(record)}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"exported to {paths.EXPORT_DIR}/: {describe_model(record)}" in out
     assert (paths.EXPORT_DIR / "README.md").read_bytes() == \
         (tiny.directory / "README.md").read_bytes()
     # The pipeline's run was reopened, not a new one started.
@@ -208,6 +209,15 @@ def test_export_stage_exports_and_logs_to_the_pipeline_run(tmp_path, monkeypatch
     assert logged == {"evaluation_metrics.json", "export"}
     exported = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "export")}
     assert {"export/model.ts", "export/README.md", "export/train_log.csv"} <= exported
+    # ... and the export as an MLflow Model of that run, version 1 of `gptmini`, champion.
+    version = mlflow.MlflowClient().get_model_version_by_alias("gptmini", "champion")
+    assert str(version.version) == "1" and version.run_id == run.info.run_id
+    assert version.tags["val_bpc"] == "1.5"
+    assert "registered gptmini version 1 (val BPC 1.5000; no champion before): now " \
+        "@champion" in out
+    # Nothing of MLflow's went into the export.
+    assert sorted(p.name for p in paths.EXPORT_DIR.iterdir()) == sorted(
+        p.name for p in tiny.directory.iterdir())
 
 
 @needs_tiktoken

@@ -40,15 +40,19 @@ def _positive_int(text: str) -> int:
 
 
 def _add_export_dir(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--export-dir", type=Path, default=None, metavar="DIR",
-                        help=f"the export directory (default: ${EXPORT_ENV}, else data/export "
-                             "of the project you are in)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--export-dir", type=Path, default=None, metavar="DIR",
+                       help=f"the export directory (default: ${EXPORT_ENV}, else data/export "
+                            "of the project you are in)")
+    where.add_argument("--model", default=None, metavar="URI",
+                       help="an MLflow model instead, e.g. models:/gptmini@champion, on "
+                            "$MLFLOW_TRACKING_URI (else the project's mlflow.db)")
 
 
 def _load(args: argparse.Namespace):
-    from gptmini.serving.export import load_export
+    from gptmini.serving.registry import load_model
 
-    return load_export(args.export_dir or default_export_dir())
+    return load_model(args.model or args.export_dir or default_export_dir())
 
 
 # -- generate -------------------------------------------------------------------------------

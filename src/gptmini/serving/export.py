@@ -3,7 +3,8 @@ program of the forward pass, the tokenizer definition, the evaluation metrics an
 training logs, in one directory that torch alone can use, without this project's code.
 
 `load_export` reads it back for the CLI and the app, through TorchScript and JSON only:
-nothing in it is unpickled. `export_stage` is the pipeline's export stage.
+nothing in it is unpickled. The pipeline's export stage is `gptmini.serving.registry.
+export_stage`: this export, then the MLflow Model made of it.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ TOKENIZER_FILE = "tokenizer.json"
 METRICS_FILE = "evaluation_metrics.json"
 TRAIN_LOG_FILE = "train_log.csv"
 EVAL_LOG_FILE = "eval_log.csv"
+MLFLOW_ARTIFACT = "export"  # the export's folder in the pipeline's run and in its MLflow Model
 
 USAGE = """\
 # GPT-Mini export
@@ -171,24 +173,6 @@ def export(checkpoint: str | Path, metrics_json: str | Path, out_dir: str | Path
         for log, name in ((train_log, TRAIN_LOG_FILE), (eval_log, EVAL_LOG_FILE)):
             if log is not None and Path(log).is_file():
                 shutil.copyfile(log, tmp / name)
-    return record
-
-
-def export_stage(params: Any = None) -> dict[str, Any]:
-    """The pipeline's export stage: export the checkpoint with the evaluate stage's metrics
-    and the training logs to data/export/, and log evaluation_metrics.json and the export
-    to the pipeline's MLflow run. `params` (the stage runner's) is not needed."""
-    import mlflow
-
-    from gptmini.core import paths
-    from gptmini.training.tracking import pipeline_run
-
-    record = export(paths.CHECKPOINT, paths.EVALUATE_METRICS, paths.EXPORT_DIR,
-                    train_log=paths.TRAIN_LOG, eval_log=paths.EVAL_LOG)
-    with pipeline_run("export"):
-        mlflow.log_artifact(str(paths.EXPORT_DIR / METRICS_FILE))
-        mlflow.log_artifacts(str(paths.EXPORT_DIR), artifact_path="export")
-    print(f"exported to {paths.EXPORT_DIR}/: {describe_model(record)}")
     return record
 
 

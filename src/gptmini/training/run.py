@@ -48,6 +48,7 @@ from gptmini.training.resume import ResumeStore, fingerprint
 from gptmini.training.tracking import (
     MetricBuffer,
     flatten,
+    log_corpus,
     mlflow_run,
     provenance_tags,
     write_run_id,
@@ -99,9 +100,9 @@ def train(params: Params) -> TrainResult | None:
         tags["resumed_from_step"] = str(trainer.step)
 
     # In MLflow a `dvc exp run -n NAME` run is called NAME, so a grid reads as its names
-    with (mlflow_run(run_id, run_name=os.environ.get("DVC_EXP_NAME") or run_name, tags=tags)
-          if dist_info.is_main
-          else contextlib.nullcontext()) as active:
+    with (mlflow_run(run_id, run_name=os.environ.get("DVC_EXP_NAME") or run_name, tags=tags,
+                     system_metrics=True)
+          if dist_info.is_main else contextlib.nullcontext()) as active:
         buffer = (MetricBuffer(active.info.run_id, every=10**9,
                                resume_metric="train_loss" if saved else None)
                   if active else None)
@@ -114,6 +115,7 @@ def train(params: Params) -> TrainResult | None:
                                "train.chars_per_token": counts["chars"] / counts["tokens"],
                                "train.resolved_device": str(device),
                                "train.resolved_dtype": tags["train.dtype"]})
+            log_corpus(params.data.url, params.data.sha256)
         result = _train_tracked(trainer, store, buffer, active.info.run_id if active else None)
         sys.stderr.write(f"rank {dist_info.rank}/{dist_info.world_size}: weights sha256 "
                          f"{weights_sha256(model)}\n")  # one write: ranks share stderr

@@ -267,10 +267,13 @@ def _experiment_id(uri: str) -> str:
 
 @contextmanager
 def mlflow_run(run_id: str | None = None, *, run_name: str | None = None,
-               tags: dict[str, str] | None = None) -> Iterator[Any]:
+               tags: dict[str, str] | None = None, system_metrics: bool = False
+               ) -> Iterator[Any]:
     """Open (or reopen, by id) a run on the project's store. An exception inside
     marks the run FAILED, Ctrl-C or SIGTERM (KeyboardInterrupt) KILLED; a normal exit
-    marks it FINISHED."""
+    marks it FINISHED. `system_metrics`: MLflow samples CPU, memory, disk and network (and
+    GPU) into `system/*` metrics while the run is open (every 10 s;
+    MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL changes it)."""
     import mlflow
 
     bound_http_requests()
@@ -283,7 +286,7 @@ def mlflow_run(run_id: str | None = None, *, run_name: str | None = None,
             run_id = None  # not in this store (e.g. another tracking URI): start a new run
     kwargs: dict[str, Any] = {"run_id": run_id} if run_id else {
         "experiment_id": _experiment_id(uri), "run_name": run_name}
-    with mlflow.start_run(**kwargs, tags=tags) as run:
+    with mlflow.start_run(**kwargs, tags=tags, log_system_metrics=system_metrics) as run:
         status = "FINISHED"
         try:
             yield run
@@ -295,6 +298,19 @@ def mlflow_run(run_id: str | None = None, *, run_name: str | None = None,
             raise
         finally:
             _end_run(run.info.run_id, status)
+
+
+def log_corpus(url: str, sha256: str, context: str = "training") -> None:
+    """Record the corpus as the active run's input dataset (the UI's Datasets column): its
+    URL as the source, its sha256 as the digest (cut to the 36 characters MLflow's stores
+    allow; the whole hash is the input's `sha256` tag)."""
+    import mlflow
+    from mlflow.data.http_dataset_source import HTTPDatasetSource
+    from mlflow.data.meta_dataset import MetaDataset
+
+    name = url.rstrip("/").rsplit("/", 1)[-1] or "corpus"
+    dataset = MetaDataset(HTTPDatasetSource(url), name=name, digest=sha256[:36])
+    mlflow.log_input(dataset, context=context, tags={"sha256": sha256})
 
 
 class MetricBuffer:

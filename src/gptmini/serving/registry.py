@@ -1,0 +1,176 @@
+"""The export in MLflow's model registry, and the one loader of a model for the CLI and app.
+
+`export_stage` is the pipeline's export stage. Its `publish`, inside the pipeline's run,
+logs the export as an MLflow Model (`gptmini.serving.mlflow_model`), registers it as a new
+version of the registered model `gptmini` and moves the alias `champion` to it only when
+its validation BPC (from the export's evaluation_metrics.json) is lower than the
+champion's: BPC compares models with different tokenizers. Each version carries its BPC,
+tokenizer and weights hash as tags.
+
+`load_model` takes an export directory or an MLflow model URI (`models:/gptmini@champion`,
+`models:/gptmini/3`, `runs:/<run id>/model`, `models:/m-<id>`) and returns the loaded
+export, whichever way it was named.
+"""
+
+from __future__ import annotations
+
+import atexit
+import shutil
+import tempfile
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from gptmini.serving.export import MLFLOW_ARTIFACT, ExportError, LoadedExport, load_export
+
+REGISTERED_MODEL = "gptmini"
+CHAMPION = "champion"
+BPC_TAG = "val_bpc"
+MODEL_NAME = "model"            # the model's name in its run
+URI_SCHEMES = ("models:/", "runs:/")
+# What the model needs where it is loaded, besides its own copy of gptmini's code.
+REQUIREMENTS = ("mlflow", "torch", "numpy", "pandas", "tiktoken", "pydantic", "pyyaml")
+
+
+@dataclass(frozen=True)
+class Published:
+    model_uri: str
+    version: str
+    bpc: float | None
+    champion_bpc: float | None  # the champion's before this version (None: there was none)
+    promoted: bool
+
+    def describe(self) -> str:
+        was = ("no champion before" if self.champion_bpc is None
+               else f"champion's {self.champion_bpc:.4f}")
+        verdict = "now @champion" if self.promoted else "champion unchanged"
+        bpc = "no BPC" if self.bpc is None else f"val BPC {self.bpc:.4f}"
+        return f"registered {REGISTERED_MODEL} version {self.version} ({bpc}; {was}): {verdict}"
+
+
+def requirements() -> list[str]:
+    """The installed versions of what the model imports (a local version such as torch's
+    +cpu left out, so that pip can install it)."""
+    return [f"{name}=={metadata.version(name).split('+')[0]}" for name in REQUIREMENTS]
+
+
+def log_model(export_dir: str | Path) -> Any:
+    """Log the export as an MLflow Model in the active run: models from code, the export as
+    its artifact and a copy of the `gptmini` package (without bytecode) as its code."""
+    import mlflow
+
+    import gptmini
+    from gptmini.serving import mlflow_model
+    from gptmini.serving.mlflow_model import input_example, signature
+
+    package = Path(gptmini.__file__).parent
+    with tempfile.TemporaryDirectory() as tmp:
+        code = Path(tmp) / "gptmini"
+        shutil.copytree(package, code, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        return mlflow.pyfunc.log_model(
+            name=MODEL_NAME, python_model=mlflow_model.__file__,
+            artifacts={MLFLOW_ARTIFACT: str(Path(export_dir).resolve())},
+            code_paths=[str(code)], signature=signature(), input_example=input_example(),
+            pip_requirements=requirements())
+
+
+def _bpc(record: dict[str, Any]) -> float | None:
+    value = (record.get("metrics") or {}).get("bpc")
+    return None if value is None else float(value)
+
+
+def champion_bpc(client: Any, name: str = REGISTERED_MODEL) -> tuple[str, float] | None:
+    """The champion's version and validation BPC, or None when there is no champion (or
+    it has no BPC, which any BPC beats)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        version = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None
+    value = version.tags.get(BPC_TAG)
+    return None if value is None else (version.version, float(value))
+
+
+def register(model_uri: str, record: dict[str, Any], name: str = REGISTERED_MODEL
+             ) -> Published:
+    """Register `model_uri` as a new version of `name`, tagged with its BPC; move the
+    champion alias to it when its BPC is strictly lower than the champion's."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    bpc = _bpc(record)
+    tags = {"tokenizer": str((record.get("tokenizer") or {}).get("kind")),
+            "weights_sha256": str((record.get("model") or {}).get("weights_sha256"))}
+    if bpc is not None:
+        tags[BPC_TAG] = repr(bpc)
+    version = mlflow.register_model(model_uri, name, tags=tags).version
+    current = champion_bpc(client, name)
+    promoted = bpc is not None and (current is None or bpc < current[1])
+    if promoted:
+        client.set_registered_model_alias(name, CHAMPION, version)
+    return Published(model_uri, str(version), bpc, None if current is None else current[1],
+                     promoted)
+
+
+def publish(export_dir: str | Path, record: dict[str, Any]) -> Published:
+    """Log the export as an MLflow Model in the active run, register it, and apply the
+    champion rule."""
+    info = log_model(export_dir)
+    return register(info.model_uri, record)
+
+
+def export_stage(params: Any = None) -> dict[str, Any]:
+    """The pipeline's export stage: export the checkpoint with the evaluate stage's metrics
+    and the training logs to data/export/ (`gptmini.serving.export`), log
+    evaluation_metrics.json and the export to the pipeline's MLflow run, then `publish` the
+    export as an MLflow Model. Nothing of MLflow's (run id, model version) goes into
+    data/export/. `params` (the stage runner's) is not needed."""
+    import mlflow
+
+    from gptmini.core import paths
+    from gptmini.report import describe_model
+    from gptmini.serving.export import METRICS_FILE, export
+    from gptmini.training.tracking import pipeline_run
+
+    record = export(paths.CHECKPOINT, paths.EVALUATE_METRICS, paths.EXPORT_DIR,
+                    train_log=paths.TRAIN_LOG, eval_log=paths.EVAL_LOG)
+    with pipeline_run("export"):
+        mlflow.log_artifact(str(paths.EXPORT_DIR / METRICS_FILE))
+        mlflow.log_artifacts(str(paths.EXPORT_DIR), artifact_path=MLFLOW_ARTIFACT)
+        published = publish(paths.EXPORT_DIR, record)
+    print(f"exported to {paths.EXPORT_DIR}/: {describe_model(record)}")
+    print(published.describe())
+    return record
+
+
+def is_model_uri(source: str | Path) -> bool:
+    return isinstance(source, str) and source.startswith(URI_SCHEMES)
+
+
+def load_model(source: str | Path) -> LoadedExport:
+    """An export directory, or an MLflow model URI on the project's tracking store
+    ($MLFLOW_TRACKING_URI, else the project's mlflow.db): the model's files are downloaded
+    to a temporary directory that lives as long as this process."""
+    if not is_model_uri(source):
+        return load_export(source)
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from gptmini.training.tracking import tracking_uri
+
+    mlflow.set_tracking_uri(tracking_uri())
+    target = Path(tempfile.mkdtemp(prefix="gptmini-model-"))
+    atexit.register(shutil.rmtree, target, ignore_errors=True)
+    try:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=str(source),
+                                                    dst_path=str(target))
+    except MlflowException as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ExportError(f"cannot load {source} from {tracking_uri()}: {first}") from None
+    directory = Path(local) / "artifacts" / MLFLOW_ARTIFACT
+    if not directory.is_dir():
+        raise ExportError(f"{source} is not a GPT-Mini model (it has no "
+                          f"artifacts/{MLFLOW_ARTIFACT}/)")
+    return load_export(directory)

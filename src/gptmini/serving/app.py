@@ -134,10 +134,6 @@ def validation_markdown(exported: LoadedExport) -> str:
     return f"### Validation\n\n{metrics_markdown(metrics)}"
 
 
-def _stopped(stats: str) -> str:
-    return (stats or "").replace("generating…", "stopped")
-
-
 def build_app(exported: LoadedExport) -> gr.Blocks:
     model, tokenizer = exported.model, exported.tokenizer
     generator = exported.generation_model
@@ -237,8 +233,7 @@ def build_app(exported: LoadedExport) -> gr.Blocks:
             running = run.click(generate, [prompt, temperature, top_k, top_p, length, seed,
                                            stop], [output, stats], api_name="generate",
                                 concurrency_id=MODEL_QUEUE, concurrency_limit=CONCURRENCY)
-            halt.click(_stopped, [stats], [stats], cancels=[running], queue=False,
-                       api_name=False)
+            halt.click(None, None, None, cancels=[running])
         with gr.Tab("Evaluate", id="evaluate"):
             text = gr.Textbox(label=f"Text to evaluate (up to {MAX_EVAL_CHARS:,} characters)",
                               lines=8, max_length=MAX_EVAL_CHARS, elem_id="eval-text",

@@ -259,3 +259,21 @@ def test_bpe_export_is_usable_with_torch_and_tiktoken_alone(tmp_path):
     sampled = list(token_stream(model, ids, Sampling(60, 0.9, 5, 0.95, seed=42)))
     assert result["sampled"][0].tolist() == sampled
     assert stdout.rstrip("\n") == tok.decode(sampled).rstrip("\n")
+
+
+def test_the_torch_export_programs_generate_the_eager_models_tokens(tmp_path):
+    """What the CLI and the app run (prefill.pt2 and decode.pt2 through `token_stream`):
+    the eager model's tokens for the same seed, greedy and sampled, across cache restarts."""
+    from gptmini.serving.export import load_export
+    from gptmini.serving.generation import Sampling, token_stream
+    from tiny_export import build_tiny_export
+
+    tiny = build_tiny_export(tmp_path / "tiny", block_size=24)
+    exported = load_export(tiny.directory)
+    assert exported.programs is not None and exported.generation_model is exported.programs
+    ids = tiny.tokenizer.encode("ROMEO:\nThou")
+    for sampling in (Sampling(100, 0.0), Sampling(100, 0.9, 5, 0.95, seed=42),
+                     Sampling(100, 1.3, seed=7)):
+        expected = list(token_stream(tiny.model, ids, sampling))
+        assert list(token_stream(exported.programs, ids, sampling)) == expected
+        assert list(token_stream(exported.model, ids, sampling)) == expected

@@ -20,6 +20,7 @@ from gptmini.evaluation.metrics import evaluate_tokens
 from gptmini.report import metrics_markdown
 from gptmini.serving.app import surprise_html
 from gptmini.serving.generation import Sampling
+from gptmini.serving.inspection import shown
 from tiny_export import TinyExport, build_tiny_export, generated
 
 pytestmark = [pytest.mark.app, pytest.mark.usefixtures("one_thread")]
@@ -108,6 +109,60 @@ def test_generate_through_the_client_equals_the_library(served, client):
     assert "**120 characters**" in stats and "chars/s" in stats and "seed 5" in stats
     greedy, _ = client.predict("JULIET:", 0, vocab, 1, 50, -1, api_name="/generate")
     assert greedy == expected_text(served.tiny, "JULIET:", Sampling(50, 0.0))
+
+
+def test_generate_stops_before_the_stop_string(served, client):
+    full = expected_text(served.tiny, "ROMEO:", Sampling(200, 0.9, seed=5))
+    generated = full[len("ROMEO:"):]
+    stop = generated[40:43]
+    cut = generated.find(stop)
+    text, stats = client.predict("ROMEO:", 0.9, served.tiny.tokenizer.vocab_size, 1, 200, 5,
+                                 stop, api_name="/generate")
+    assert text == "ROMEO:" + generated[:cut]
+    assert text == expected_text(served.tiny, "ROMEO:", Sampling(200, 0.9, seed=5, stop=stop))
+    assert f"**{cut} characters**" in stats
+
+
+def test_generate_evaluate_and_inspect_share_one_limit_of_two(served, client):
+    """Two long generations hold both places: an evaluation waits in the queue until one
+    of them ends (with a limit per tab it would run at once)."""
+    vocab = served.tiny.tokenizer.vocab_size
+    generations = [client.submit("ROMEO:", 1.0, vocab, 1, 2000, seed, api_name="/generate")
+                   for seed in (1, 2)]
+    deadline = time.monotonic() + 60
+    while not all(job.outputs() for job in generations):  # both streaming
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    waiting = [client.submit("ROMEO: thou art", api_name="/evaluate"),
+               client.submit("ROMEO:", 3, api_name="/inspect")]
+    time.sleep(0.5)  # either takes a fraction of that once it runs
+    assert not any(job.done() for job in generations)
+    assert not any(job.done() for job in waiting)
+    for job in waiting:
+        job.result(timeout=120)
+    assert any(job.done() for job in generations)
+    for job in generations:
+        job.result(timeout=120)
+
+
+def test_inspect_through_the_client_gives_the_models_candidates(served, client):
+    import torch
+
+    plot, table, notes = client.predict("ROMEO:\nO", 3, api_name="/inspect")
+    rows = table["data"]
+    assert table["headers"] == ["position", "token", "#1", "#2", "#3"]
+    tiny = served.tiny
+    ids = tiny.tokenizer.encode("ROMEO:\nO")
+    assert [row[1] for row in rows] == ["R", "O", "M", "E", "O", ":", "\\n", "O"]
+    with torch.no_grad():
+        probs = tiny.model(torch.tensor([ids]))[0].softmax(-1)
+    for pos, row in enumerate(rows):
+        best = probs[pos].topk(3)
+        for rank in range(3):
+            token, p = row[2 + rank].rsplit("  ", 1)
+            assert float(p) == pytest.approx(best.values[rank].item(), abs=6e-4)
+            assert token == shown(tiny.tokenizer.decode([best.indices[rank].item()]))
+    assert plot and notes == ""
 
 
 def test_evaluate_through_the_client_gives_the_evaluate_stage_metrics(served, client):
@@ -258,3 +313,93 @@ def test_in_headless_chromium(served):
         finally:
             browser.close()
     assert served.alive()
+
+
+def _chars_per_second(stats: str) -> float:
+    import re
+
+    return float(re.search(r"([\d,]+) chars/s", stats).group(1).replace(",", ""))
+
+
+def _browser(playwright):
+    return playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+
+
+@pytest.mark.browser
+def test_in_chromium_streaming_keeps_up_with_the_cli_and_stop_cancels(served):
+    """The page's own chars/s for 2,000 streamed characters is at least half the CLI's on
+    the same model; Stop ends a running generation (the text stops growing)."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"Chromium is not installed at {CHROMIUM}")
+    from playwright.sync_api import expect, sync_playwright
+
+    cli = subprocess.run([sys.executable, "-m", "gptmini.serving.cli", "generate", "ROMEO:",
+                          "-n", "2000", "--seed", "3", "--export-dir",
+                          str(served.tiny.directory)], capture_output=True, text=True,
+                         timeout=120)
+    assert cli.returncode == 0, cli.stderr
+    cli_speed = _chars_per_second(cli.stderr)
+    with sync_playwright() as playwright:
+        browser = _browser(playwright)
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(60_000)
+            page.goto(served.url + "/")
+            page.locator("#prompt textarea").fill("ROMEO:")
+            for label, value in (("Length", "2000"), ("Seed", "3")):
+                page.get_by_label(label, exact=True).fill(value)
+            page.get_by_role("button", name="Generate").click()
+            expect(page.locator("#stats")).to_contain_text("done", timeout=120_000)
+            assert len(page.locator("#output textarea").input_value()) == 6 + 2000
+            page_speed = _chars_per_second(page.locator("#stats").inner_text())
+            print(f"page {page_speed:,.0f} chars/s, CLI {cli_speed:,.0f} chars/s: "
+                  f"{page_speed / cli_speed:.2f}")
+            assert page_speed >= 0.5 * cli_speed
+
+            # Stop: a 2,000-token generation cancelled as soon as text arrives.
+            page.get_by_label("Seed", exact=True).fill("4")
+            page.get_by_role("button", name="Generate").click()
+            expect(page.locator("#stats")).to_contain_text("generating", timeout=120_000)
+            page.get_by_role("button", name="Stop").click()
+            page.wait_for_timeout(1000)  # the last update on its way
+            shown_now = page.locator("#output textarea").input_value()
+            page.wait_for_timeout(1500)
+            assert page.locator("#output textarea").input_value() == shown_now
+            assert len(shown_now) < 6 + 2000
+            assert "done" not in page.locator("#stats").inner_text()
+            # And the app goes on: the next generation runs to the end.
+            page.get_by_label("Length", exact=True).fill("50")
+            page.get_by_role("button", name="Generate").click()
+            expect(page.locator("#stats")).to_contain_text("done", timeout=120_000)
+            assert len(page.locator("#output textarea").input_value()) == 6 + 50
+        finally:
+            browser.close()
+    assert served.alive()
+
+
+@pytest.mark.browser
+def test_in_chromium_inspect_shows_attention_maps_and_candidates(served, tmp_path):
+    if not CHROMIUM.exists():
+        pytest.skip(f"Chromium is not installed at {CHROMIUM}")
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = _browser(playwright)
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 1400})
+            page.set_default_timeout(60_000)
+            page.goto(served.url + "/")
+            page.get_by_role("tab", name="Inspect").click()
+            page.locator("#inspect-prompt textarea").fill("JULIET:\nO")
+            page.get_by_role("button", name="Inspect").click()
+            # The candidates' table (its header and the last position), the maps as one
+            # picture.
+            expect(page.locator("#candidates")).to_contain_text("position", timeout=120_000)
+            expect(page.locator("#attention img")).to_be_visible(timeout=120_000)
+            box = page.locator("#attention img").bounding_box()
+            assert box["width"] > 200 and box["height"] > 200
+            expect(page.locator("#candidates")).to_contain_text("#5", timeout=120_000)
+            page.screenshot(path=str(tmp_path / "inspect.png"), full_page=True)
+        finally:
+            browser.close()
+    assert (tmp_path / "inspect.png").stat().st_size > 10_000

@@ -100,6 +100,23 @@ with torch.no_grad():
     result["pt2_batch"] = program(window[:, :7].repeat(3, 1))
     result["sampled"] = scripted.generate(ids, 60, 0.9, 5, 0.95, 42)
     result["greedy"] = scripted.generate(ids, 60, 0.0, 0, 1.0, -1)
+    # Generation on the torch.export programs, as the export's README shows it.
+    prefill = torch.export.load(directory + "/prefill.pt2").module()
+    step = torch.export.load(directory + "/decode.pt2").module()
+    context, keep = scripted.block_size, max(1, 3 * scripted.block_size // 4)
+    window = ids[:, -context:].repeat(2, 1)  # a batch of two
+    logits, cache = prefill(window)
+    new = []
+    for _ in range(60):
+        next_id = logits.argmax(dim=-1, keepdim=True)
+        new.append(next_id)
+        window = torch.cat([window, next_id], dim=1)
+        if window.size(1) <= context:
+            logits, cache = step(next_id, cache)
+        else:
+            window = window[:, -keep:]
+            logits, cache = prefill(window)
+    result["pt2_greedy"] = torch.cat(new, dim=1)
 torch.save(result, out)
 print(decode(result["sampled"][0].tolist()))
 """
@@ -141,6 +158,7 @@ def test_pt2_and_scripted_generate_in_a_fresh_process_match_the_library(tmp_path
     assert stdout.rstrip("\n") == tiny.tokenizer.decode(sampled).rstrip("\n")
     greedy = list(token_stream(model, full_prompt[-24:], Sampling(60, temperature=0.0)))
     assert result["greedy"][0].tolist() == greedy
+    assert result["pt2_greedy"].tolist() == [greedy, greedy]
 
 
 def test_export_holds_the_training_logs_and_a_readme(tmp_path):
@@ -148,8 +166,8 @@ def test_export_holds_the_training_logs_and_a_readme(tmp_path):
 
     tiny = build_tiny_export(tmp_path / "tiny")
     names = sorted(p.name for p in tiny.directory.iterdir())
-    assert names == ["README.md", "eval_log.csv", "evaluation_metrics.json", "model.pt2",
-                     "model.ts", "tokenizer.json", "train_log.csv"]
+    assert names == ["README.md", "decode.pt2", "eval_log.csv", "evaluation_metrics.json",
+                     "model.pt2", "model.ts", "prefill.pt2", "tokenizer.json", "train_log.csv"]
     readme = (tiny.directory / "README.md").read_text()
     assert readme.startswith(USAGE) and "model.generate(" in readme
     record = json.loads((tiny.directory / "evaluation_metrics.json").read_text())
@@ -164,8 +182,10 @@ def test_the_export_is_the_same_bytes_for_the_same_inputs(tmp_path):
 
     first = build_tiny_export(tmp_path / "a").directory
     second = build_tiny_export(tmp_path / "b").directory
-    for name in ("README.md", "evaluation_metrics.json", "tokenizer.json", "train_log.csv",
-                 "eval_log.csv"):
+    names = sorted(p.name for p in first.iterdir())
+    assert {"model.ts", "model.pt2", "prefill.pt2", "decode.pt2"} <= set(names)
+    assert names == sorted(p.name for p in second.iterdir())
+    for name in names:
         assert (first / name).read_bytes() == (second / name).read_bytes(), name
 
 
@@ -244,3 +264,21 @@ def test_bpe_export_is_usable_with_torch_and_tiktoken_alone(tmp_path):
     sampled = list(token_stream(model, ids, Sampling(60, 0.9, 5, 0.95, seed=42)))
     assert result["sampled"][0].tolist() == sampled
     assert stdout.rstrip("\n") == tok.decode(sampled).rstrip("\n")
+
+
+def test_the_torch_export_programs_generate_the_eager_models_tokens(tmp_path):
+    """What the CLI and the app run (prefill.pt2 and decode.pt2 through `token_stream`):
+    the eager model's tokens for the same seed, greedy and sampled, across cache restarts."""
+    from gptmini.serving.export import load_export
+    from gptmini.serving.generation import Sampling, token_stream
+    from tiny_export import build_tiny_export
+
+    tiny = build_tiny_export(tmp_path / "tiny", block_size=24)
+    exported = load_export(tiny.directory)
+    assert exported.programs is not None and exported.generation_model is exported.programs
+    ids = tiny.tokenizer.encode("ROMEO:\nThou")
+    for sampling in (Sampling(100, 0.0), Sampling(100, 0.9, 5, 0.95, seed=42),
+                     Sampling(100, 1.3, seed=7)):
+        expected = list(token_stream(tiny.model, ids, sampling))
+        assert list(token_stream(exported.programs, ids, sampling)) == expected
+        assert list(token_stream(exported.model, ids, sampling)) == expected

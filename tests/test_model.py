@@ -98,3 +98,36 @@ def test_attention_dropout_is_its_own_setting():
     assert not torch.equal(attn_only(idx), attn_only(idx))  # the probabilities are dropped
     attn_only.eval()
     assert torch.equal(attn_only(idx), attn_only(idx))
+
+
+def test_attention_maps_are_the_weights_the_model_attends_with():
+    torch.manual_seed(0)
+    model = GPT(TINY, VOCAB).eval()
+    idx = torch.randint(0, VOCAB, (2, 12))
+    logits, maps = model.attention_maps(idx)
+    assert maps.shape == (2, 2, 2, 12, 12)  # layer, batch, head, query, key
+    with torch.no_grad():
+        assert torch.allclose(logits, model(idx), atol=1e-6)
+        # Each row a distribution over the positions up to its own, none after.
+        assert torch.allclose(maps.sum(-1), torch.ones(2, 2, 2, 12), atol=1e-6)
+        assert torch.all(maps.triu(1) == 0)
+        # Mixing the values with them gives each layer's attention output.
+        x = model.wte(idx) + model.wpe(torch.arange(12))
+        for layer, block in enumerate(model.blocks):
+            h = block.ln_1(x)
+            _, _, v = block.attn._heads(h)
+            assert torch.allclose(block.attn._merge(maps[layer] @ v), block.attn(h), atol=1e-5)
+            x = block(x)
+
+
+def test_attention_maps_change_neither_training_nor_the_script():
+    torch.manual_seed(0)
+    model = GPT(TINY, VOCAB)
+    scripted = torch.jit.script(model)
+    assert not hasattr(scripted, "attention_maps")  # not part of the export
+    idx = torch.randint(0, VOCAB, (2, 12))
+    torch.manual_seed(1)
+    loss = model(idx, idx)
+    model.attention_maps(idx)
+    torch.manual_seed(1)
+    assert torch.equal(model(idx, idx), loss)  # the RNG and the weights untouched

@@ -57,6 +57,16 @@ class CausalSelfAttention(nn.Module):
         y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
         return self._merge(y)
 
+    def weights(self, x: torch.Tensor) -> torch.Tensor:
+        """The attention weights of x (B, T, C): (B, n_head, T, T), row i the distribution
+        position i spreads over positions 0..i. For inspection only: `forward` gets the same
+        mixture from scaled_dot_product_attention without making this matrix."""
+        q, k, _ = self._heads(x)
+        scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))
+        T = x.size(1)
+        future = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)
+        return scores.masked_fill(future, float("-inf")).softmax(dim=-1)
+
     def forward_cached(self, x: torch.Tensor, cache: torch.Tensor, start: int) -> torch.Tensor:
         """Attention for x (B, T, C) at positions start..start+T-1. Its keys and values are
         written into `cache` (2, B, n_head, block_size, head_size), which holds those of
@@ -66,9 +76,10 @@ class CausalSelfAttention(nn.Module):
         cache[0, :, :, start:end] = k
         cache[1, :, :, start:end] = v
         # A prefill (start 0) is causal within itself; a single new token may see every
-        # cached position, so it needs no mask.
+        # cached position, so it needs no mask. (bool(): in a torch.export program `start`
+        # may be symbolic.)
         y = F.scaled_dot_product_attention(q, cache[0, :, :, :end], cache[1, :, :, :end],
-                                           is_causal=start == 0)
+                                           is_causal=bool(start == 0))
         return self._merge(y)
 
 
@@ -171,6 +182,17 @@ class GPT(nn.Module):
     def _chunked_loss(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return head_loss(x, self.lm_head.weight, targets, self.head_chunk)
 
+    @torch.no_grad()
+    def attention_maps(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """For inspection (not part of the export): the logits (B, T, V) of idx (B, T) and the
+        attention weights of every layer and head (n_layer, B, n_head, T, T)."""
+        maps = []
+        x = self.drop(self.wte(idx) + self.wpe(torch.arange(idx.size(1), device=idx.device)))
+        for block in self.blocks:
+            maps.append(block.attn.weights(block.ln_1(x)))
+            x = block(x)
+        return self.lm_head(self.ln_f(x)), torch.stack(maps)
+
     # -- generation with a key/value cache ------------------------------------------------
 
     @torch.jit.export
@@ -226,35 +248,13 @@ class GPT(nn.Module):
     @torch.jit.export
     def sample(self, logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
                generator: torch.Generator | None) -> torch.Tensor:
-        """Next ids (B, 1) from logits (B, V). temperature 0 is greedy; top_k 0 and top_p 1
-        switch those filters off."""
-        if temperature == 0.0:
-            return logits.argmax(dim=-1, keepdim=True)
-        # In float64 and shifted so the largest is 0: any temperature > 0 (a float64) then
-        # divides without overflowing into inf - inf or rounding to 0.
-        logits = logits.double()
-        logits = (logits - logits.max(dim=-1, keepdim=True).values) / temperature
-        if 0 < top_k < logits.size(-1):
-            kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-        if top_p < 1.0:
-            # Nucleus: keep the most likely tokens until their mass reaches top_p.
-            sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-            probs = sorted_logits.softmax(dim=-1)
-            outside = probs.cumsum(dim=-1) - probs >= top_p  # the first token always stays
-            sorted_logits = sorted_logits.masked_fill(outside, float("-inf"))
-            logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-        return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)
+        """Next ids (B, 1) from logits (B, V): `sample_next`."""
+        return sample_next(logits, temperature, top_k, top_p, generator)
 
     @torch.jit.export
     def new_generator(self, seed: int) -> torch.Generator | None:
-        """A torch.Generator seeded with `seed`, on the model's device; None (torch's
-        global generator) for a negative seed."""
-        if seed < 0:
-            return None
-        generator = torch.Generator(device=self.wte.weight.device)
-        generator.manual_seed(seed)
-        return generator
+        """`seeded_generator` on the model's device."""
+        return seeded_generator(seed, self.wte.weight.device)
 
     @torch.jit.export
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
@@ -275,3 +275,36 @@ class GPT(nn.Module):
 def next_token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy (nats per token) of logits (B, T, V) against targets (B, T)."""
     return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1))
+
+
+def sample_next(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
+                generator: torch.Generator | None) -> torch.Tensor:
+    """Next ids (B, 1) from logits (B, V). temperature 0 is greedy; top_k 0 and top_p 1
+    switch those filters off."""
+    if temperature == 0.0:
+        return logits.argmax(dim=-1, keepdim=True)
+    # In float64 and shifted so the largest is 0: any temperature > 0 (a float64) then
+    # divides without overflowing into inf - inf or rounding to 0.
+    logits = logits.double()
+    logits = (logits - logits.max(dim=-1, keepdim=True).values) / temperature
+    if 0 < top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        # Nucleus: keep the most likely tokens until their mass reaches top_p.
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        outside = probs.cumsum(dim=-1) - probs >= top_p  # the first token always stays
+        sorted_logits = sorted_logits.masked_fill(outside, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)
+
+
+def seeded_generator(seed: int, device: torch.device) -> torch.Generator | None:
+    """A torch.Generator seeded with `seed` on `device`; None (torch's global generator)
+    for a negative seed."""
+    if seed < 0:
+        return None
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed)
+    return generator

@@ -1,9 +1,12 @@
 """The GPT-Mini web app (Gradio) on an export directory.
 
-Generate: sampling settings, the text streams in as it is made, with its speed.
+Generate: sampling settings and a stop string, the text streams in as it is made (pushed
+to the page every UPDATE_SECONDS, not once per token), with its speed; Stop cancels it.
 Evaluate: NLL, perplexity, accuracy and BPC of pasted text, and the text coloured by how
-surprised the model was by each token. Model: evaluation_metrics.json, the parameter
-count and the training loss curve.
+surprised the model was by each token. Inspect: the attention maps of every layer and head
+for a prompt, and the most likely next tokens at each position. Model:
+evaluation_metrics.json, the parameter count and the training loss curve. Generate,
+Evaluate and Inspect share one limit of CONCURRENCY requests computed at once.
 
 ``gptmini app`` (or ``python -m gptmini.serving.cli app``) serves it on
 http://127.0.0.1:7860; other hosts only with ``--host``. Anything a user types that the
@@ -28,12 +31,14 @@ from gptmini.evaluation.metrics import encode_text, surprise
 from gptmini.report import describe_model, metrics_line, metrics_markdown
 from gptmini.serving.export import EVAL_LOG_FILE, TRAIN_LOG_FILE, LoadedExport
 from gptmini.serving.generation import Sampling, prepare_prompt, random_seed, stream
+from gptmini.serving.inspection import attention_figure, candidates_frame, inspect_ids
 
 MAX_NEW_TOKENS = 2000       # per request, so one request cannot hold a worker for long
 MAX_PROMPT_CHARS = 100_000
 MAX_EVAL_CHARS = 10_000     # the coloured picture has one element per token
 UPDATE_SECONDS = 0.05       # how often streamed text is pushed to the page
-CONCURRENCY = 2             # requests computed at once (one torch thread each)
+CONCURRENCY = 2             # requests computed at once, all tabs together (one thread each)
+MODEL_QUEUE = "model"       # the concurrency group every event that runs the model is in
 QUEUE_SIZE = 256            # requests waiting beyond that; more are turned away
 
 # Surprise in bits -> background colour (pale yellow to dark red), white text from 5 bits.
@@ -131,10 +136,12 @@ def validation_markdown(exported: LoadedExport) -> str:
 
 def build_app(exported: LoadedExport) -> gr.Blocks:
     model, tokenizer = exported.model, exported.tokenizer
+    generator = exported.generation_model
     vocab_size, block_size = tokenizer.vocab_size, exported.block_size
+    eager: list[Any] = []  # the eager model for Inspect, built on first use
 
     def generate(prompt: str, temperature: float, top_k: int, top_p: float, length: int,
-                 seed: int | None) -> Iterator[tuple[str, str]]:
+                 seed: int | None, stop: str | None = None) -> Iterator[tuple[str, str]]:
         try:
             prompt = prompt or ""
             if len(prompt) > MAX_PROMPT_CHARS:
@@ -143,8 +150,8 @@ def build_app(exported: LoadedExport) -> gr.Blocks:
             if _is_negative(seed):
                 seed = None  # the field's "-1: random"
             sampling = Sampling.from_user(length=length, temperature=temperature, top_k=top_k,
-                                          top_p=top_p, seed=seed, vocab_size=vocab_size,
-                                          max_tokens=MAX_NEW_TOKENS)
+                                          top_p=top_p, seed=seed, stop=stop or None,
+                                          vocab_size=vocab_size, max_tokens=MAX_NEW_TOKENS)
             checked = prepare_prompt(prompt, tokenizer, block_size)
         except InputError as exc:
             raise _user_error(exc) from None
@@ -152,7 +159,7 @@ def build_app(exported: LoadedExport) -> gr.Blocks:
             sampling = replace(sampling, seed=random_seed())
         text, n_chars = checked.text, 0
         start = last = time.perf_counter()
-        for piece in stream(model, tokenizer, checked, sampling):
+        for piece in stream(generator, tokenizer, checked, sampling):
             text += piece
             n_chars += len(piece)
             now = time.perf_counter()
@@ -175,6 +182,28 @@ def build_app(exported: LoadedExport) -> gr.Blocks:
         scored = surprise(model, tokenizer, encoded)
         return metrics_markdown(scored.metrics), surprise_html(scored.pieces), scored.metrics
 
+    def inspect(prompt: str, k: int) -> tuple[Any, Any, str]:
+        try:
+            prompt = prompt or ""
+            if len(prompt) > MAX_PROMPT_CHARS:
+                raise InputError(f"the prompt is {len(prompt):,} characters: at most "
+                                 f"{MAX_PROMPT_CHARS:,} here")
+            if not isinstance(k, int | float) or k != int(k) or not 1 <= k <= 20:
+                raise InputError(f"top-k = {k!r}: must be a whole number from 1 to 20")
+            checked = prepare_prompt(prompt, tokenizer, block_size)
+        except InputError as exc:
+            raise _user_error(exc) from None
+        if not eager:
+            eager.append(exported.eager_model())
+        seen = inspect_ids(eager[0], tokenizer, checked.ids, int(k))
+        notes = [*checked.notices, *seen.notices]
+        import matplotlib.pyplot as plt
+
+        figure = attention_figure(seen)
+        plt.close(figure)  # Gradio renders it; pyplot need not keep it
+        return (figure, candidates_frame(seen, tokenizer),
+                "\n\n".join(f"Note: {html.escape(n)}" for n in notes))
+
     with gr.Blocks(title="GPT-Mini", analytics_enabled=False) as demo:
         gr.Markdown(f"# GPT-Mini\n{model_markdown(exported)}")
         with gr.Tab("Generate", id="generate"):
@@ -192,12 +221,19 @@ def build_app(exported: LoadedExport) -> gr.Blocks:
                 length = gr.Number(value=500, step=50, precision=0, label="Length",
                                    info=f"tokens, 1 to {MAX_NEW_TOKENS:,}")
                 seed = gr.Number(value=1337, precision=0, label="Seed", info="-1: random")
-            run = gr.Button("Generate", variant="primary", elem_id="generate-button")
+            stop = gr.Textbox(label="Stop at", placeholder="e.g. \\n\\n (optional)",
+                              info="generation ends before this text (not shown)",
+                              max_length=1000, elem_id="stop")
+            with gr.Row():
+                run = gr.Button("Generate", variant="primary", elem_id="generate-button")
+                halt = gr.Button("Stop", variant="stop", elem_id="stop-button")
             output = gr.Textbox(label="Text", lines=14, max_lines=30, interactive=False,
                                 autoscroll=True, elem_id="output")
             stats = gr.Markdown(elem_id="stats")
-            run.click(generate, [prompt, temperature, top_k, top_p, length, seed],
-                      [output, stats], api_name="generate")
+            running = run.click(generate, [prompt, temperature, top_k, top_p, length, seed,
+                                           stop], [output, stats], api_name="generate",
+                                concurrency_id=MODEL_QUEUE, concurrency_limit=CONCURRENCY)
+            halt.click(None, None, None, cancels=[running])
         with gr.Tab("Evaluate", id="evaluate"):
             text = gr.Textbox(label=f"Text to evaluate (up to {MAX_EVAL_CHARS:,} characters)",
                               lines=8, max_length=MAX_EVAL_CHARS, elem_id="eval-text",
@@ -209,7 +245,28 @@ def build_app(exported: LoadedExport) -> gr.Blocks:
             with gr.Accordion("metrics as JSON", open=False):
                 metrics_json = gr.JSON()
             score_button.click(evaluate, [text], [metrics_table, picture, metrics_json],
-                               api_name="evaluate", concurrency_limit=1)
+                               api_name="evaluate", concurrency_id=MODEL_QUEUE,
+                               concurrency_limit=CONCURRENCY)
+        with gr.Tab("Inspect", id="inspect"):
+            gr.Markdown("What the model does with a prompt: the attention weights of every "
+                        "layer (rows) and head (columns), each row of a map the positions "
+                        "one token attends to; and at each position the most likely next "
+                        "tokens with their probabilities.")
+            with gr.Row():
+                inspect_prompt = gr.Textbox(label="Prompt", value="ROMEO:\nO Juliet", lines=2,
+                                            max_length=MAX_PROMPT_CHARS, scale=4,
+                                            elem_id="inspect-prompt")
+                inspect_k = gr.Number(value=5, precision=0, label="Top-k", info="1 to 20",
+                                      scale=1)
+            inspect_button = gr.Button("Inspect", variant="primary", elem_id="inspect-button")
+            inspect_notes = gr.Markdown(elem_id="inspect-notes")
+            attention_plot = gr.Plot(label="Attention", elem_id="attention")
+            candidates = gr.Dataframe(label="Next-token candidates", wrap=True,
+                                      elem_id="candidates")
+            inspect_button.click(inspect, [inspect_prompt, inspect_k],
+                                 [attention_plot, candidates, inspect_notes],
+                                 api_name="inspect", concurrency_id=MODEL_QUEUE,
+                                 concurrency_limit=CONCURRENCY)
         with gr.Tab("Model", id="model"):
             gr.Markdown(f"{model_markdown(exported)}\n\n{validation_markdown(exported)}")
             frame = loss_frame(exported)

@@ -81,7 +81,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         out.write(printable(prompt.text))
         out.flush()
     start, n_chars = time.perf_counter(), 0
-    for piece in stream(exported.model, exported.tokenizer, prompt, sampling):
+    for piece in stream(exported.generation_model, exported.tokenizer, prompt, sampling):
         out.write(printable(piece))
         out.flush()
         n_chars += len(piece)

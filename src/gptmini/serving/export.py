@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,12 +22,14 @@ import torch
 from gptmini.core.atomic import atomic_dir
 from gptmini.core.hashing import weights_sha256
 from gptmini.data.tokenizers import Tokenizer, from_definition
-from gptmini.model import GPT
+from gptmini.model import GPT, sample_next, seeded_generator
 from gptmini.report import describe_model, describe_tokenizer, metrics_line, metrics_markdown
 from gptmini.training.checkpoint import load_checkpoint, model_from_checkpoint
 
 MODEL_FILE = "model.ts"
 PROGRAM_FILE = "model.pt2"
+PREFILL_FILE = "prefill.pt2"
+DECODE_FILE = "decode.pt2"
 TOKENIZER_FILE = "tokenizer.json"
 METRICS_FILE = "evaluation_metrics.json"
 TRAIN_LOG_FILE = "train_log.csv"
@@ -67,6 +70,31 @@ program = torch.export.load("model.pt2")      # only from a source you trust: it
 logits = program.module()(ids)
 ```
 
+`prefill.pt2` and `decode.pt2` generate with a key/value cache and a Python loop (torch.export
+programs, batch and lengths dynamic). `prefill(ids)` gives the next-token logits and the
+cache of up to `model.block_size` tokens; `step(next_id, cache)` (decode.pt2) feeds one token and
+returns the logits and the cache one position longer. When the context is full, prefill
+the last 3/4 of the window again:
+
+```python
+prefill = torch.export.load("prefill.pt2").module()
+step = torch.export.load("decode.pt2").module()
+context, keep = model.block_size, 3 * model.block_size // 4
+window = ids[:, -context:]
+logits, cache = prefill(window)
+new_ids = []
+for _ in range(200):
+    next_id = torch.multinomial((logits / 0.8).softmax(-1), 1)  # or logits.argmax(-1, keepdim=True)
+    new_ids.append(next_id.item())
+    window = torch.cat([window, next_id], dim=1)
+    if window.size(1) <= context:
+        logits, cache = step(next_id, cache)
+    else:
+        window = window[:, -keep:]
+        logits, cache = prefill(window)
+print(decode(new_ids))
+```
+
 `evaluation_metrics.json` holds the validation metrics, the model's configuration and
 the tokenizer's identity. The context is `model.block_size` tokens; past it, `generate`
 keeps the last 3/4 of the window and goes on. `train_log.csv` and `eval_log.csv` are the
@@ -98,17 +126,65 @@ def readme(record: dict[str, Any]) -> str:
     return (f"{USAGE}\n## This model\n\n{describe_model(record)}.\n\n{scored}")
 
 
-def export_program(model: GPT) -> torch.export.ExportedProgram:
-    """The forward pass as a torch.export program with a dynamic batch and sequence length.
-    The nodes' stack traces (absolute paths of this checkout's files) are left out."""
-    seq = torch.export.Dim("seq", min=1, max=model.block_size)
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    example = torch.zeros(2, max(2, min(8, model.block_size)), dtype=torch.long)
-    program = torch.export.export(model, (example,),
-                                  dynamic_shapes={"idx": {0: batch, 1: seq}})
+class Prefill(torch.nn.Module):
+    """ids (B, T) -> the next-token logits (B, V) and the cache of their keys and values,
+    (n_layer, 2, B, n_head, T, head_size): GPT.forward_cached from position 0."""
+
+    def __init__(self, model: GPT) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        m = self.model
+        cache = torch.zeros(m.n_layer, 2, idx.size(0), m.n_head, idx.size(1), m.head_size,
+                            dtype=m.wte.weight.dtype, device=idx.device)
+        return m.forward_cached(idx, cache, 0), cache
+
+
+class Decode(torch.nn.Module):
+    """One token (B, 1) after the cache of positions 0..P-1 -> its next-token logits and
+    the cache grown to P + 1 positions: GPT.forward_cached at position P. The cache is a
+    value (the program returns the new one): its length is the position, so a program with
+    a dynamic length serves every position."""
+
+    def __init__(self, model: GPT) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, next_id: torch.Tensor, cache: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        position = cache.size(4)
+        slot = cache.new_zeros(cache.shape[:4] + (1, cache.size(5)))
+        cache = torch.cat([cache, slot], dim=4)
+        return self.model.forward_cached(next_id, cache, position), cache
+
+
+def _program(module: torch.nn.Module, example: tuple[torch.Tensor, ...],
+             dynamic_shapes: dict[str, Any]) -> torch.export.ExportedProgram:
+    """torch.export of `module`; the nodes' stack traces (absolute paths of this checkout's
+    files) are left out."""
+    program = torch.export.export(module, example, dynamic_shapes=dynamic_shapes)
     for node in program.graph_module.graph.nodes:
         node.meta.pop("stack_trace", None)
     return program
+
+
+def export_programs(model: GPT) -> dict[str, torch.export.ExportedProgram]:
+    """The forward pass and the two generation steps as torch.export programs, by file name:
+    the batch, the sequence length and the cache length are dynamic (example sizes of 2 and
+    more, since torch.export fixes a dimension it sees at size 1)."""
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    seq = torch.export.Dim("seq", min=1, max=model.block_size)
+    past = torch.export.Dim("past", min=1, max=model.block_size - 1)
+    ids = torch.zeros(2, max(2, min(8, model.block_size)), dtype=torch.long)
+    cache = torch.zeros(model.n_layer, 2, 2, model.n_head, max(2, min(8, model.block_size - 1)),
+                        model.head_size, dtype=model.wte.weight.dtype)
+    return {
+        PROGRAM_FILE: _program(model, (ids,), {"idx": {0: batch, 1: seq}}),
+        PREFILL_FILE: _program(Prefill(model), (ids,), {"idx": {0: batch, 1: seq}}),
+        DECODE_FILE: _program(Decode(model), (ids[:, :1], cache),
+                              {"next_id": {0: batch}, "cache": {2: batch, 4: past}}),
+    }
 
 
 def reproducible_archive(data: bytes) -> bytes:
@@ -161,12 +237,13 @@ def export(checkpoint: str | Path, metrics_json: str | Path, out_dir: str | Path
         # format that carries methods (generate) and loads with torch alone.
         warnings.simplefilter("ignore", DeprecationWarning)
         scripted = torch.jit.script(model)
-    program = export_program(model)
+    programs = export_programs(model)
     with atomic_dir(out_dir) as tmp:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             _save_archive(torch.jit.save, scripted, tmp / MODEL_FILE)
-        _save_archive(torch.export.save, program, tmp / PROGRAM_FILE)
+        for name, program in programs.items():
+            _save_archive(torch.export.save, program, tmp / name)
         (tmp / TOKENIZER_FILE).write_text(json.dumps(ckpt["tokenizer"], indent=2) + "\n")
         (tmp / METRICS_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
         (tmp / "README.md").write_text(readme(record))
@@ -180,16 +257,94 @@ class ExportError(RuntimeError):
     """The export directory is missing, incomplete or not usable, said in one line."""
 
 
+def graph_runner(program: torch.export.ExportedProgram) -> Callable[..., Any]:
+    """A function of the program's user inputs that runs its graph directly on its weights.
+    (`program.module()` adds per-call input checks and an attribute lookup per weight that
+    cost several times the compute of one token of a small model; the loop in
+    `ProgramGenerator` only makes inputs the programs accept.)"""
+    from torch.export.graph_signature import InputKind
+
+    state = {**program.state_dict, **program.constants}
+    specs = program.graph_signature.input_specs
+    lifted = [state[spec.target] for spec in specs if spec.kind != InputKind.USER_INPUT]
+    if any(spec.kind != InputKind.USER_INPUT for spec in specs[len(lifted):]):
+        raise ExportError("unexpected torch.export program: weights after the inputs")
+    forward = program.graph_module.forward
+    return lambda *inputs: forward(*lifted, *inputs)
+
+
+class ProgramGenerator:
+    """KV-cache generation on the export's torch.export programs (prefill.pt2, decode.pt2)
+    with the Python loop of `gptmini.serving.generation.token_stream`: the same prefill /
+    extend / sample / new_generator steps as GPT, so the same seed gives the same tokens.
+    Its cache is a one-element list holding the programs' latest cache tensor."""
+
+    def __init__(self, prefill: torch.export.ExportedProgram,
+                 decode: torch.export.ExportedProgram, block_size: int) -> None:
+        self._prefill, self._decode = graph_runner(prefill), graph_runner(decode)
+        self.block_size = block_size
+        self.window_keep = max(1, 3 * block_size // 4)  # as GPT.window_keep
+        self.device = torch.device("cpu")
+
+    def prefill(self, idx: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor],
+                                                  torch.Tensor]:
+        if idx.size(1) == 0:
+            raise ValueError("generation needs at least one token to start from")
+        window = idx[:, -self.block_size:]
+        logits, cache = self._prefill(window)
+        return logits, [cache], window
+
+    def extend(self, window: torch.Tensor, cache: list[torch.Tensor], next_id: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """As GPT.extend: one token while the window has room, else the last window_keep
+        tokens prefilled again."""
+        pos = window.size(1)
+        window = torch.cat([window, next_id], dim=1)
+        if pos < self.block_size:
+            logits, cache[0] = self._decode(next_id, cache[0])
+            return logits, window
+        window = window[:, -self.window_keep:]
+        logits, cache[0] = self._prefill(window)
+        return logits, window
+
+    def sample(self, logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
+               generator: torch.Generator | None) -> torch.Tensor:
+        return sample_next(logits, temperature, top_k, top_p, generator)
+
+    def new_generator(self, seed: int) -> torch.Generator | None:
+        return seeded_generator(seed, self.device)
+
+
 @dataclass
 class LoadedExport:
+    """`model` is model.ts (scoring, and generation for exports without the programs);
+    `programs` the torch.export generation steps, which the CLI and the app prefer."""
+
     directory: Path
     model: torch.jit.ScriptModule
     tokenizer: Tokenizer
     record: dict[str, Any]
+    programs: ProgramGenerator | None = None
 
     @property
     def block_size(self) -> int:
         return int(self.model.block_size)
+
+    def eager_model(self) -> GPT:
+        """The model as an eager GPT (the record's configuration, model.ts's weights), for
+        what the export does not carry (the attention maps)."""
+        from gptmini.core.config import ModelConfig
+
+        config = dict(self.record["model"]["config"])
+        vocab_size = config.pop("vocab_size", self.tokenizer.vocab_size)
+        model = GPT(ModelConfig(**config), vocab_size)
+        model.load_state_dict(self.model.state_dict())
+        return model.eval()
+
+    @property
+    def generation_model(self) -> ProgramGenerator | torch.jit.ScriptModule:
+        """What generates: the torch.export programs when the export has them."""
+        return self.programs if self.programs is not None else self.model
 
 
 def load_export(export_dir: str | Path) -> LoadedExport:
@@ -228,7 +383,24 @@ def load_export(export_dir: str | Path) -> LoadedExport:
     if n_vocab != tokenizer.vocab_size:
         raise ExportError(f"{directory}/: the model has {n_vocab} tokens, the tokenizer "
                           f"{tokenizer.vocab_size}")
-    return LoadedExport(directory, model, tokenizer, record)
+    return LoadedExport(directory, model, tokenizer, record, _load_programs(directory, model))
+
+
+def _load_programs(directory: Path, model: torch.jit.ScriptModule) -> ProgramGenerator | None:
+    """The generation programs of an export that has them (exports made before they were
+    added generate with model.ts)."""
+    if not all((directory / name).is_file() for name in (PREFILL_FILE, DECODE_FILE)):
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            prefill = torch.export.load(directory / PREFILL_FILE)
+            decode = torch.export.load(directory / DECODE_FILE)
+    except Exception as exc:  # torch.export.load raises many kinds; say which file, in a line
+        raise ExportError(f"{directory}/: cannot load the torch.export programs: "
+                          f"{str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}"
+                          ) from None
+    return ProgramGenerator(prefill, decode, int(model.block_size))
 
 
 def _size(n_bytes: int) -> str:
@@ -245,6 +417,8 @@ def describe(exported: LoadedExport) -> str:
     files = {
         MODEL_FILE: "TorchScript: forward(ids) -> logits, generate(ids, ...) with a KV cache",
         PROGRAM_FILE: "torch.export program of forward (dynamic batch and sequence length)",
+        PREFILL_FILE: "torch.export program: prompt -> logits, KV cache (generation)",
+        DECODE_FILE: "torch.export program: one token, KV cache -> logits, KV cache",
         TOKENIZER_FILE: f"tokenizer: {describe_tokenizer(exported.tokenizer.definition())}",
         METRICS_FILE: "validation metrics, model configuration, weights sha256",
         TRAIN_LOG_FILE: "training loss by step",

@@ -21,9 +21,10 @@ import torch
 
 from gptmini.data.text import InputError, check_text
 from gptmini.data.tokenizers import Detokenizer, Tokenizer
-from gptmini.model import GPT
 
-Model = GPT | torch.jit.ScriptModule  # anything with prefill / extend / sample / new_generator
+# Anything with prefill / extend / sample / new_generator and block_size: GPT, model.ts, or
+# the export's torch.export programs (gptmini.serving.export.ProgramGenerator).
+Model = Any
 MAX_SEED = 2**63 - 1
 
 
@@ -131,7 +132,8 @@ def prepare_prompt(text: str, tokenizer: Tokenizer, block_size: int) -> Prompt:
 def token_stream(model: Model, ids: Sequence[int], sampling: Sampling) -> Iterator[int]:
     """The sampled token ids, one at a time, after the prompt ids (at most block_size)."""
     generator = model.new_generator(-1 if sampling.seed is None else sampling.seed)
-    idx = torch.tensor([list(ids)], dtype=torch.long, device=model.wte.weight.device)
+    device = model.device if hasattr(model, "device") else model.wte.weight.device
+    idx = torch.tensor([list(ids)], dtype=torch.long, device=device)
     logits, cache, window = model.prefill(idx)
     temperature, top_k, top_p = float(sampling.temperature), sampling.top_k or 0, float(
         sampling.top_p)

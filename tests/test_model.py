@@ -131,3 +131,13 @@ def test_attention_maps_change_neither_training_nor_the_script():
     model.attention_maps(idx)
     torch.manual_seed(1)
     assert torch.equal(model(idx, idx), loss)  # the RNG and the weights untouched
+
+
+def test_a_config_saved_before_attn_dropout_loads_with_its_dropout_on_attention():
+    from gptmini.core.config import ModelConfig
+
+    old = {k: v for k, v in model_config(dropout=0.2).model_dump().items()
+           if k != "attn_dropout"}
+    assert ModelConfig.saved(old).attn_dropout == 0.2
+    assert ModelConfig.saved(model_config(dropout=0.2, attn_dropout=0.0).model_dump()) == \
+        model_config(dropout=0.2, attn_dropout=0.0)

@@ -337,7 +337,7 @@ class LoadedExport:
 
         config = dict(self.record["model"]["config"])
         vocab_size = config.pop("vocab_size", self.tokenizer.vocab_size)
-        model = GPT(ModelConfig(**config), vocab_size)
+        model = GPT(ModelConfig.saved(config), vocab_size)
         model.load_state_dict(self.model.state_dict())
         return model.eval()
 

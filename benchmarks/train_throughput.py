@@ -142,7 +142,9 @@ def main() -> None:
     n_params = GPT(cfg, vocab).num_parameters()
     fpt = flops_per_token(cfg, n_params)
 
-    bench_cfg = TrainConfig(**{**tcfg.model_dump(), "batch_size": batch,
+    # Both sides step AdamW, so the ratio is the step's machinery (autocast, batching);
+    # what Muon costs on top is benchmarks/optimizer_speed.py's figure.
+    bench_cfg = TrainConfig(**{**tcfg.model_dump(), "batch_size": batch, "optimizer": "adamw",
                                "warmup_steps": 1,
                                "eval_interval": 10**6, "eval_iters": 1,
                                "checkpoint_interval": 10**6})

@@ -421,7 +421,6 @@ def test_sigterm_to_the_train_stage_saves_the_step_under_way_and_resumes_bit_ide
     """The real train stage in this process, a real SIGTERM to it after its first save:
     the state of the step under way is saved, the run is KILLED with every step's metric
     up to there; the rerun resumes to the uninterrupted run's weights, FINISHED."""
-    import threading
     import time
 
     import mlflow
@@ -438,19 +437,32 @@ def test_sigterm_to_the_train_stage_saves_the_step_under_way_and_resumes_bit_ide
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     manifest = tmp_path / "sig/data/train_state/manifest.json"
     sent = []
+    from gptmini.training import run as train_run
 
-    def signal_after_the_first_save():
-        while not manifest.exists():
-            time.sleep(0.01)
-        time.sleep(0.3)
-        sent.append(time.monotonic())
-        os.kill(os.getpid(), signal.SIGTERM)
+    real_trainer = train_run.Trainer
 
-    threading.Thread(target=signal_after_the_first_save, daemon=True).start()
+    class SignalledTrainer(real_trainer):
+        """SIGTERM to this process right after step 7's optimizer step (after the first
+        save, at 5): inside the loop, so the stage's handler is surely installed (a timer
+        thread raced a tiny run that had already finished, and killed pytest itself)."""
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+
+            def terminate(optimizer, args, kwargs):
+                if self.step == 7 and not sent:
+                    sent.append(time.monotonic())
+                    os.kill(os.getpid(), signal.SIGTERM)
+
+            self.optimizer.optimizers[-1].register_step_post_hook(terminate)
+
+    monkeypatch.setattr(train_run, "Trainer", SignalledTrainer)
     with pytest.raises(Interrupted) as err:
         run_train_stage(tmp_path / "sig", text, params)
+    monkeypatch.setattr(train_run, "Trainer", real_trainer)
     stopped_in = time.monotonic() - sent[0]
     step = json.loads(manifest.read_text())["step"]
+    assert step == 8  # the step under way when the signal came (7) ran to its end
     assert str(err.value) == (f"training stopped by SIGTERM at step {step}; its state is "
                               "saved in data/train_state/: rerun the stage (dvc repro) to "
                               "resume")

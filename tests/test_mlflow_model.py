@@ -169,9 +169,13 @@ def test_cli_generates_and_describes_from_the_champion(store):
 
 def _start(cmd: list[str], log: Path, cwd: Path, ready: str, timeout: float = 180):
     """Start a server, wait (bounded) until `ready` answers 200, return the process."""
+    # `mlflow models serve` runs `uvicorn` by name: the venv's scripts on PATH, as in an
+    # activated venv (the README's test command runs .venv/bin/python without activating)
+    env = {**os.environ,
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     with open(log, "w") as out:
         process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=cwd,
-                                   env=os.environ.copy(), start_new_session=True)
+                                   env=env, start_new_session=True)
     deadline = time.monotonic() + timeout
     while True:
         try:

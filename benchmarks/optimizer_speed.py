@@ -27,11 +27,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
+from train_throughput import project_run  # the trainer timed step by step
 
 from gptmini.core.config import Params, TrainConfig, load_params, parse_params
 from gptmini.core.device import pick_device, pick_dtype
-from gptmini.model import GPT
-from gptmini.training.trainer import Trainer
 
 GOAL = 1.10  # muon step time / adamw step time
 
@@ -51,16 +50,10 @@ def step_seconds(params: Params, tokens: np.ndarray, steps: int, warmup: int,
     cfg = TrainConfig(**{**params.train.model_dump(), "warmup_steps": 1,
                          "eval_interval": 10**6, "eval_iters": 1,
                          "checkpoint_interval": 10**6, "keep_best": False})
-    torch.manual_seed(cfg.seed)
-    model = GPT(params.model, int(tokens.max()) + 1)
-    split = int(len(tokens) * 0.9)
-    trainer = Trainer(model, tokens[:split], tokens[split:], cfg, device,
-                      steps=warmup + steps, dtype=dtype)
-    tokens_per_step = cfg.batch_size * model.block_size
-    seconds: list[float] = []
-    trainer.run(progress=False,
-                on_step=lambda row: seconds.append(tokens_per_step / row["tokens_per_second"]))
-    return seconds[warmup:]
+    _, rates = project_run(params.model, int(tokens.max()) + 1, tokens, cfg, warmup + steps,
+                           device, dtype)
+    tokens_per_step = cfg.batch_size * params.model.block_size
+    return [tokens_per_step / rate for rate in rates[warmup:]]
 
 
 def main() -> int:

@@ -132,22 +132,20 @@ def make_optimizer(model: GPT, cfg: TrainConfig, device: torch.device) -> Optimi
     embeddings) only. muon: torch.optim.Muon (Nesterov momentum, Newton-Schulz
     orthogonalised updates, decoupled weight decay) for the 2-D weights inside the blocks,
     and AdamW at learning_rate for the embeddings (the tied head), gains and biases."""
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    fused = device.type == "cuda"
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    extra: list[torch.optim.Optimizer] = []
     if cfg.optimizer == "muon":
-        hidden = [p for n, p in named if p.dim() == 2 and n.startswith("blocks.")]
-        rest = [(n, p) for n, p in named if not (p.dim() == 2 and n.startswith("blocks."))]
-        muon = torch.optim.Muon(hidden, lr=cfg.muon_lr, momentum=cfg.muon_momentum,
-                                weight_decay=cfg.weight_decay)
-        named, extra = rest, [muon]
-    else:
-        extra: list[torch.optim.Optimizer] = []
+        hidden = {n for n, p in params if p.dim() == 2 and n.startswith("blocks.")}
+        extra.append(torch.optim.Muon([p for n, p in params if n in hidden], lr=cfg.muon_lr,
+                                      momentum=cfg.muon_momentum,
+                                      weight_decay=cfg.weight_decay))
+        params = [(n, p) for n, p in params if n not in hidden]
     groups = [
-        {"params": [p for _, p in named if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-        {"params": [p for _, p in named if p.dim() < 2], "weight_decay": 0.0},
+        {"params": [p for _, p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for _, p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
     adamw = torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2),
-                              fused=fused)
+                              fused=device.type == "cuda")
     return Optimizers([adamw, *extra], one_thread=tuple(extra) if device.type == "cpu" else ())
 
 

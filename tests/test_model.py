@@ -141,3 +141,20 @@ def test_a_config_saved_before_attn_dropout_loads_with_its_dropout_on_attention(
     assert ModelConfig.saved(old).attn_dropout == 0.2
     assert ModelConfig.saved(model_config(dropout=0.2, attn_dropout=0.0).model_dump()) == \
         model_config(dropout=0.2, attn_dropout=0.0)
+
+
+def test_dropout_drops_a_tenth_keeps_the_mean_and_follows_the_seed():
+    from gptmini.model import Dropout
+
+    drop = Dropout(0.1).train()
+    x = torch.ones(32, 256, 128)
+    torch.manual_seed(3)
+    a = drop(x)
+    torch.manual_seed(3)
+    assert torch.equal(a, drop(x))  # the global generator's seed decides the mask
+    assert not torch.equal(a, drop(x))
+    dropped = (a == 0).float().mean().item()
+    assert abs(dropped - 0.1) < 0.002, dropped
+    assert abs(a.mean().item() - 1.0) < 0.005
+    assert torch.equal(drop.eval()(x), x)
+    assert torch.equal(Dropout(0.0).train()(x), x)

@@ -114,7 +114,8 @@ def test_a_resume_state_of_the_other_optimizer_is_refused(tokens):
 def test_keep_best_saves_the_weights_of_the_best_step(tokens, tmp_path):
     from gptmini.training.checkpoint import load_checkpoint, save_checkpoint
 
-    trainer = tiny_trainer(tokens, learning_rate=0.05, min_lr=0.05, steps=30)
+    # AdamW at a rate this high overshoots: the last step is not the best one
+    trainer = tiny_trainer(tokens, optimizer="adamw", learning_rate=0.05, min_lr=0.05, steps=30)
     at_eval = {}
 
     def keep(row):
@@ -340,3 +341,50 @@ def test_a_state_made_on_other_token_bytes_is_not_resumed(tmp_path, monkeypatch,
     out = capsys.readouterr().out
     assert "data/train_state: saved state is for other params or data; starting over" in out
     assert "resuming" not in out and result.steps == 12
+
+
+def _muon_run(optimizer_class, nesterov: bool, steps: int = 3, **kwargs):
+    """Parameters of the seed's four block shapes after `steps` Muon steps on fixed grads."""
+    g = torch.Generator().manual_seed(1)
+    params = [torch.nn.Parameter(torch.randn(s, generator=g) * 0.02)
+              for s in ((384, 128), (128, 128), (512, 128), (128, 512))]
+    opt = optimizer_class(params, lr=0.05, momentum=0.95, weight_decay=0.1, nesterov=nesterov,
+                          **kwargs)
+    for _ in range(steps):
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=g)
+        opt.step()
+    return params, opt
+
+
+@pytest.mark.parametrize("nesterov", [True, False])
+def test_our_muon_with_bf16_newton_schulz_is_torchs_muon_bit_for_bit(nesterov):
+    from gptmini.training.muon import Muon
+
+    theirs, their_opt = _muon_run(torch.optim.Muon, nesterov)
+    ours, our_opt = _muon_run(Muon, nesterov, ns_dtype=torch.bfloat16)
+    for a, b in zip(theirs, ours, strict=True):
+        assert torch.equal(a, b)
+    for a, b in zip(their_opt.state.values(), our_opt.state.values(), strict=True):
+        assert torch.equal(a["momentum_buffer"], b["momentum_buffer"])
+    # float32 iterations: another result, and the momentum never scaled in place by them
+    fp32, fp32_opt = _muon_run(Muon, nesterov, ns_dtype=torch.float32)
+    assert not torch.equal(fp32[0], ours[0])
+    assert all(torch.equal(a["momentum_buffer"], b["momentum_buffer"])
+               for a, b in zip(their_opt.state.values(), fp32_opt.state.values(), strict=True))
+
+
+def test_muon_iterates_in_float32_on_a_cpu_unless_bf16_is_asked_for_and_native():
+    from gptmini.core.device import cpu_has_fast_bf16
+    from gptmini.training.muon import ns_dtype_for
+
+    cpu = torch.device("cpu")
+    assert ns_dtype_for(cpu, torch.float32) == torch.float32
+    assert ns_dtype_for(cpu, torch.bfloat16) == (torch.bfloat16 if cpu_has_fast_bf16()
+                                                 else torch.float32)
+    assert pick_dtype("auto", cpu) == torch.float32  # bf16 on a CPU is an opt-in
+    # the trainer's Muon (resumed bit-exact by test_resume_in_process_gives_the_same_weights)
+    trainer = tiny_trainer((65, np.zeros(500, np.uint16), np.zeros(500, np.uint16)),
+                           optimizer="muon")
+    assert trainer.optimizer.optimizers[1].ns_dtype == torch.float32
+

@@ -29,6 +29,29 @@ from gptmini.core.config import ModelConfig
 from gptmini.head import CHUNK, chunked_head, head_loss
 
 
+class Dropout(nn.Module):
+    """nn.Dropout with a cheaper mask: 16 random bits an element, three elements to an int64
+    draw (its low 48 bits), instead of one generator call an element. On a 2-core CPU
+    nn.Dropout's bernoulli_ drew ~8 ms for a (32, 256, 128) activation and this ~1.5 ms;
+    the model's 13 dropouts made a tenth of a training step. Drops with probability
+    round(p * 65536) / 65536 (0.1 -> 0.100006) and scales the kept values to keep the mean."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+        self.threshold = round(p * 65536) - 32768  # keep where the signed 16 bits >= this
+        self.scale = 1.0 / (1.0 - round(p * 65536) / 65536) if p < 1.0 else 0.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        n = x.numel()
+        words = torch.empty((n + 2) // 3, dtype=torch.int64, device=x.device).random_()
+        bits = words.view(torch.int16).view(-1, 4)[:, :3].reshape(-1)[:n]
+        mask = (bits >= self.threshold).to(x.dtype).mul_(self.scale)
+        return x * mask.view(x.shape)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -37,7 +60,7 @@ class CausalSelfAttention(nn.Module):
         self.dropout = cfg.attn_dropout
         self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
-        self.resid_dropout = nn.Dropout(cfg.dropout)
+        self.resid_dropout = Dropout(cfg.dropout)
 
     def _heads(self, x: torch.Tensor) -> list[torch.Tensor]:
         """q, k, v of x (B, T, C), each as (B, n_head, T, head_size)."""
@@ -89,7 +112,7 @@ class MLP(nn.Module):
         self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
         self.gelu = nn.GELU()
         self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
@@ -126,7 +149,7 @@ class GPT(nn.Module):
         self.window_keep = max(1, 3 * cfg.block_size // 4)
         self.wte = nn.Embedding(vocab_size, cfg.n_embd)
         self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
         self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
         self.lm_head = nn.Linear(cfg.n_embd, vocab_size, bias=False)

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from gptmini.core import paths
+from gptmini.core import numerics, paths
 from gptmini.core.atomic import write_json
 from gptmini.core.config import Params
 from gptmini.core.device import (
@@ -93,7 +93,7 @@ def train(params: Params) -> TrainResult | None:
         if dist_info.is_main:
             print(f"resuming from step {trainer.step} (saved in {paths.RESUME_DIR}/)")
     run_name = f"{tokenizer['kind']}-{tokenizer.get('encoding', 'chars')}"
-    tags = {**provenance_tags(), "tokenizer": tokenizer["kind"],
+    tags = {**provenance_tags(), **numerics.describe(), "tokenizer": tokenizer["kind"],
             "data.sha256": params.data.sha256,
             "train.dtype": str(dtype).removeprefix("torch.")}
     if saved:

@@ -28,6 +28,7 @@ from gptmini.core.device import Distributed, autocast, seed_everything
 from gptmini.core.progress import progress_bar
 from gptmini.core.stage import Interrupted
 from gptmini.model import GPT
+from gptmini.training.muon import Muon, ns_dtype_for
 
 
 class BatchSampler:
@@ -80,10 +81,9 @@ class Optimizers:
     for the blocks' 2-D weights beside AdamW for the rest. Each parameter group keeps its
     peak rate in "peak_lr"; `set_lr` scales every group by the schedule's fraction.
 
-    On a CPU the optimizers in `one_thread` step on a single thread: Muon's Newton-Schulz
-    iterations are many small matmuls (128 x 512 at most in the seed model), which one
-    thread runs about 2.5x faster than two, whose synchronisation costs more than the work
-    (benchmarks/optimizer_speed.py measures the step)."""
+    The optimizers in `one_thread` step on a single thread: Muon with bf16 Newton-Schulz on
+    a CPU, whose small bf16 matmuls one thread ran 2.5x faster than two (AVX512-BF16); in
+    float32 two threads are faster (benchmarks/optimizer_speed.py measures the step)."""
 
     def __init__(self, optimizers: list[torch.optim.Optimizer],
                  one_thread: tuple[torch.optim.Optimizer, ...] = ()) -> None:
@@ -127,18 +127,21 @@ class Optimizers:
             opt.load_state_dict(state)
 
 
-def make_optimizer(model: GPT, cfg: TrainConfig, device: torch.device) -> Optimizers:
+def make_optimizer(model: GPT, cfg: TrainConfig, device: torch.device,
+                   dtype: torch.dtype = torch.float32) -> Optimizers:
     """train.optimizer = adamw: AdamW with weight decay on the 2-D weights (matmuls,
-    embeddings) only. muon: torch.optim.Muon (Nesterov momentum, Newton-Schulz
-    orthogonalised updates, decoupled weight decay) for the 2-D weights inside the blocks,
+    embeddings) only. muon: torch's Muon (Nesterov momentum, Newton-Schulz orthogonalised
+    updates, decoupled weight decay; the iterations in the device's native dtype,
+    `gptmini.training.muon`) for the 2-D weights inside the blocks,
     and AdamW at learning_rate for the embeddings (the tied head), gains and biases."""
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     extra: list[torch.optim.Optimizer] = []
+    ns_dtype = ns_dtype_for(device, dtype)
     if cfg.optimizer == "muon":
         hidden = {n for n, p in params if p.dim() == 2 and n.startswith("blocks.")}
-        extra.append(torch.optim.Muon([p for n, p in params if n in hidden], lr=cfg.muon_lr,
-                                      momentum=cfg.muon_momentum,
-                                      weight_decay=cfg.weight_decay))
+        extra.append(Muon([p for n, p in params if n in hidden], lr=cfg.muon_lr,
+                          momentum=cfg.muon_momentum, weight_decay=cfg.weight_decay,
+                          ns_dtype=ns_dtype))
         params = [(n, p) for n, p in params if n not in hidden]
     groups = [
         {"params": [p for _, p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
@@ -146,7 +149,8 @@ def make_optimizer(model: GPT, cfg: TrainConfig, device: torch.device) -> Optimi
     ]
     adamw = torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2),
                               fused=device.type == "cuda")
-    return Optimizers([adamw, *extra], one_thread=tuple(extra) if device.type == "cpu" else ())
+    one_thread = device.type == "cpu" and ns_dtype == torch.bfloat16
+    return Optimizers([adamw, *extra], one_thread=tuple(extra) if one_thread else ())
 
 
 @dataclass
@@ -212,7 +216,7 @@ class Trainer:
         self.samplers = {"train": BatchSampler(train_tokens, block, bs, seed),
                          "eval_train": BatchSampler(train_tokens, block, bs, seed + 1),
                          "eval_val": BatchSampler(val_tokens, block, bs, seed + 2)}
-        self.optimizer = make_optimizer(model, cfg, device)
+        self.optimizer = make_optimizer(model, cfg, device, dtype)
         self.step = 0
         self.history: list[dict[str, float]] = []
         self.evals: list[dict[str, float]] = []

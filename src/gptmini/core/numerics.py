@@ -1,0 +1,72 @@
+"""One float32 result on every x86 CPU: the kernel paths that differ by instruction set,
+pinned, and what a run computed with, recorded.
+
+ATen picks its vectorised kernels by the CPU's ISA (AVX2, AVX-512) and MKL its GEMM code
+path likewise; on different CPU generations they sum in different orders, so float32
+training gives different bits (`../shared/tools/xcpu_repro_probe.py` shows each pin
+changing them). `pin_kernel_paths()` sets both to the AVX2 path, which every x86-64 CPU
+this project runs on has, before torch computes anything: `import gptmini` calls it, so
+every stage, the CLI and the tests compute alike. A value already in the environment
+wins (set one to study another path). oneDNN is pinned as well: bf16 matmuls go through it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PINS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+
+
+def pin_kernel_paths() -> None:
+    """Pin ATen's, MKL's and oneDNN's CPU code paths (read by each at its first use)."""
+    for name, value in PINS.items():
+        os.environ.setdefault(name, value)
+
+
+def cpu_model() -> str:
+    """The CPU's model name with its family and model numbers (AMD's EPYC names do not
+    tell Zen 3 from Zen 4), e.g. 'AMD EPYC (family 25, model 1)'."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        import platform
+
+        return platform.processor() or "unknown"
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+        if not line.strip():
+            break
+    name = fields.get("model name", "unknown")
+    if "cpu family" in fields:
+        name += f" (family {fields['cpu family']}, model {fields.get('model', '?')})"
+    return name
+
+
+def cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.partition(":")[2].split())
+    return set()
+
+
+def describe() -> dict[str, str]:
+    """What the kernels of this process run on: MLflow tags of every run."""
+    import torch
+
+    flags = cpu_flags()
+    isa = ("avx512_bf16" if "avx512_bf16" in flags else "avx512" if "avx512f" in flags
+           else "avx2" if "avx2" in flags else "other")
+    return {
+        "cpu.model": cpu_model(),
+        "cpu.isa": isa,                                          # what the CPU has
+        "cpu.kernel_path": torch.backends.cpu.get_cpu_capability(),  # what ATen runs
+        "cpu.mkl_cbwr": os.environ.get("MKL_CBWR", "unset"),
+        "cpu.threads": str(torch.get_num_threads()),
+    }

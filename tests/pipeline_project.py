@@ -35,13 +35,13 @@ class PipelineProject:
         for section, values in TINY_PARAMS.items():
             params[section].update(values)
         self.write_params(params)
-        # PYTHONPATH: the stages run this copy's src/, the code its dvc.yaml hashes.
+        # No PYTHONPATH: dvc.yaml's commands make each stage import its workspace's src/.
         self.env = {**os.environ, "GPTMINI_DATA_MIRROR": str(corpus),
-                    "PYTHONPATH": str(root / "src"),
                     "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
                     "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
                     "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
-        for var in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "DVC_EXP_NAME"):
+        for var in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "DVC_EXP_NAME",
+                    "PYTHONPATH"):
             self.env.pop(var, None)
         self.run("git", "init", "-q", "-b", "main")
         self.run("dvc", "init", "-q")
@@ -67,3 +67,30 @@ class PipelineProject:
             raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n"
                                  f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
         return proc
+
+    def run_detached(self, *cmd: str, log: Path) -> None:
+        """Run a command that leaves a daemon behind (`dvc queue start`): its output goes to
+        `log` and it shares no pipe with the test, so waiting on it cannot hang on the
+        daemon; `reap()` ends what it left."""
+        exe = {"dvc": self.dvc}.get(cmd[0], cmd[0])
+        with open(log, "ab") as out:
+            subprocess.run([exe, *cmd[1:]], cwd=self.root, env=self.env, stdin=subprocess.DEVNULL,
+                           stdout=out, stderr=subprocess.STDOUT, timeout=300,
+                           start_new_session=True, check=True)
+
+    def reap(self, timeout: float = 30) -> list[str]:
+        """Kill every process still working in this project (an idle queue worker ignores
+        SIGTERM) and wait for them; the command lines of those found."""
+        import psutil
+
+        root, victims = str(self.root), []
+        for proc in psutil.process_iter(["cwd", "cmdline"]):
+            try:
+                cwd, cmdline = proc.info["cwd"] or "", " ".join(proc.info["cmdline"] or [])
+                if proc.pid != os.getpid() and (cwd.startswith(root) or root in cmdline):
+                    proc.kill()
+                    victims.append((proc, cmdline))
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        psutil.wait_procs([p for p, _ in victims], timeout=timeout)
+        return [cmdline for _, cmdline in victims]

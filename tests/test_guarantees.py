@@ -9,6 +9,7 @@ import random
 import re
 import signal
 import subprocess
+import sys
 import time
 
 import mlflow
@@ -264,3 +265,54 @@ def test_a_signal_stops_training_in_seconds_and_the_rerun_resumes_bit_identical(
     assert run.info.status == "FINISHED"
     history = client.get_metric_history(run.info.run_id, "train_loss")
     assert sorted(m.step for m in history) == list(range(160))
+
+
+_TRAIN_AND_HASH = """
+import gptmini, torch
+from conftest import model_config, train_config
+from gptmini.core.hashing import weights_sha256
+from gptmini.model import GPT
+from gptmini.training.trainer import Trainer
+import numpy as np
+torch.set_num_threads(2)
+torch.manual_seed(0)
+tokens = np.random.default_rng(0).integers(0, 65, 20000).astype(np.uint16)
+model = GPT(model_config(block_size=64, n_layer=2, n_head=4, n_embd=64), 65)
+cfg = train_config(warmup_steps=2, batch_size=8, eval_interval=100, eval_iters=1,
+                   checkpoint_interval=100, dtype="float32", threads=2)
+Trainer(model, tokens, tokens, cfg, torch.device("cpu"), steps=6).run(progress=False)
+print(torch.backends.cpu.get_cpu_capability(), weights_sha256(model))
+"""
+
+
+def _train_and_hash(**env: str) -> tuple[str, str]:
+    from conftest import REPO
+
+    clean = {k: v for k, v in os.environ.items()
+             if k not in ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA")}
+    out = subprocess.run([sys.executable, "-c", _TRAIN_AND_HASH], cwd=REPO / "tests",
+                         env={**clean, **env}, capture_output=True, text=True, timeout=300,
+                         check=True).stdout.split()
+    return out[-2], out[-1]
+
+
+def _cpu_has(flag: str) -> bool:
+    from gptmini.core.numerics import cpu_flags
+
+    return flag in cpu_flags()
+
+
+@pytest.mark.parametrize("unpinned", [
+    {"ATEN_CPU_CAPABILITY": "default"},  # no SIMD: every x86 CPU can show the pin works
+    pytest.param({"ATEN_CPU_CAPABILITY": "avx512", "MKL_CBWR": "AUTO"}, marks=pytest.mark.skipif(
+        not _cpu_has("avx512f"), reason="this CPU has no AVX-512 path to compare against")),
+], ids=["no-simd", "avx512"])
+def test_the_pinned_kernel_path_is_what_makes_float32_training_portable(unpinned):
+    """`import gptmini` pins ATen's and MKL's code paths to AVX2 (gptmini.core.numerics): a
+    process that sets nothing trains on that path, and a process on another path trains
+    to other bits, so without the pin two CPU generations would disagree."""
+    capability, pinned = _train_and_hash()
+    assert capability == "AVX2"
+    other_capability, other = _train_and_hash(**unpinned)
+    assert other_capability != "AVX2"
+    assert other != pinned

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import random
@@ -104,3 +105,39 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def _leftovers(basetemp: Path) -> list:
+    """Processes still at work in this session's temporary directories (a server or queue
+    worker a test started and did not stop), this process excepted."""
+    import psutil
+
+    root, found = str(basetemp), []
+    for proc in psutil.process_iter(["cwd", "cmdline"]):
+        try:
+            cwd, cmdline = proc.info["cwd"] or "", " ".join(proc.info["cmdline"] or [])
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if proc.pid != os.getpid() and (cwd.startswith(root) or root in cmdline):
+            found.append(proc)
+    return found
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """No test leaves a process behind: any still running in the session's temporary
+    directories is named, killed, and fails the run."""
+    import psutil
+
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    if factory is None or factory._basetemp is None:
+        return
+    procs = _leftovers(factory.getbasetemp())
+    if not procs:
+        return
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            print(f"\nleft running by the tests, killed: {proc.pid} "
+                  f"{' '.join(proc.cmdline())[:200]}")
+            proc.kill()
+    psutil.wait_procs(procs, timeout=30)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -188,9 +188,13 @@ def test_runs_lists_the_mlflow_runs_sorted(tmp_path, capsys):
     mlflow.set_tracking_uri(uri)
     experiment = mlflow.create_experiment("gptmini-test",
                                           artifact_location=(tmp_path / "art").as_uri())
+    ids = {}
     for name, kind, bpc, wall in (("char", "char", 2.1, 700.0), ("gpt2", "bpe", 1.9, 1500.0),
                                   ("broken", "char", None, None)):
-        with mlflow.start_run(experiment_id=experiment, run_name=name):
+        with mlflow.start_run(experiment_id=experiment, run_name=name) as active:
+            ids[name] = active.info.run_id
+            mlflow.set_tags({"code.src_sha256": f"{name:0<64}",
+                             "git.dirty": str(name == "broken").lower()})
             mlflow.log_params({"tokenizer.kind": kind, "tokenizer.encoding": "gpt2",
                                "model.n_layer": 6, "model.n_embd": 128, "model.n_head": 4,
                                "model.block_size": 256, "model.parameters": 1230976,
@@ -202,8 +206,10 @@ def test_runs_lists_the_mlflow_runs_sorted(tmp_path, capsys):
     code, out, _ = run(capsys, "runs", "--tracking-uri", uri, "--experiment", "gptmini-test")
     assert code == 0
     lines = out.splitlines()
-    assert lines[0].split()[:4] == ["run", "started", "status", "tokenizer"]
-    assert [line.split()[0] for line in lines[1:]] == ["gpt2", "char", "broken"]
+    assert lines[0].split()[:6] == ["run", "run_id", "code", "started", "status", "tokenizer"]
+    assert [line.split()[:3] for line in lines[1:]] == [
+        ["gpt2", ids["gpt2"][:8], "gpt20000"], ["char", ids["char"][:8], "char0000"],
+        ["broken", ids["broken"][:8], "broken00*"]]  # a dirty checkout's code is starred
     assert "bpe:gpt2" in lines[1] and "1.9000" in lines[1] and "1,230,976" in lines[1]
     code, out, _ = run(capsys, "runs", "--tracking-uri", uri, "--experiment", "gptmini-test",
                        "--sort", "wall_s", "--descending", "--csv")

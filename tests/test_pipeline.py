@@ -94,6 +94,8 @@ def test_mlflow_store_holds_one_run_with_everything(project):
     runs = mlflow.search_runs(experiment_names=["gptmini"], output_format="list")
     assert len(runs) == 1
     run = runs[0]
+    experiment = mlflow.get_experiment_by_name("gptmini")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     assert run.info.status == "FINISHED"
     for name in ("perplexity", "accuracy", "nll", "bpc", "val_loss", "train_loss",
                  "train_lr", "train_tokens_per_second", "train.best_val_loss",
@@ -119,6 +121,11 @@ def test_mlflow_store_holds_one_run_with_everything(project):
     assert tags["cpu.isa"] in ("avx2", "avx512", "avx512_bf16")
     assert (tags["cpu.kernel_path"], tags["cpu.mkl_cbwr"]) == ("AVX2", "AVX2")
     assert tags["train.dtype"] == "float32" and tags["cpu.threads"] == "2"
+    # the code the stages ran: the project's own src/, not the editable install's
+    from gptmini.core.hashing import source_sha256
+
+    assert tags["code.path"] == str(project.root / "src" / "gptmini")
+    assert tags["code.src_sha256"] == source_sha256(project.root / "src" / "gptmini")
     client = mlflow.MlflowClient()
     assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 40
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}

@@ -10,6 +10,7 @@ import mlflow
 import pytest
 
 from conftest import make_corpus
+from gptmini.core.hashing import source_sha256
 from pipeline_project import PipelineProject
 
 pytestmark = pytest.mark.slow
@@ -34,6 +35,7 @@ def test_four_queued_experiments_on_two_workers_run_their_own_code_into_one_stor
     project.write_params(params)
     _mark_the_train_code(project, "as queued")
     project.run("git", "commit", "-qam", "tiny grid")
+    queued_code = source_sha256(project.root / "src" / "gptmini")
     for rate in RATES:
         project.run("dvc", "exp", "run", "--queue", "-S", f"train.learning_rate={rate}",
                     "-n", f"lr-{rate}")
@@ -63,6 +65,9 @@ def test_four_queued_experiments_on_two_workers_run_their_own_code_into_one_stor
     client = mlflow.MlflowClient()
     for run in runs:
         assert run.info.status == "FINISHED", run.data.tags
+        # each run records the code it imported: its own copy, as queued
+        assert run.data.tags["code.src_sha256"] == queued_code
+        assert "/.dvc/tmp/exps/" in run.data.tags["code.path"]
         assert run.data.params["train.learning_rate"] in {str(float(r)) for r in RATES}
         history = client.get_metric_history(run.info.run_id, "train_loss")
         assert sorted(m.step for m in history) == list(range(20))  # no lost step metric

@@ -8,7 +8,9 @@ from typing import Any
 
 # table column -> the search_runs column it comes from (numbers are converted)
 COLUMNS = {
-    "run": "tags.mlflow.runName",
+    "run": "tags.mlflow.runName",  # a `dvc exp run -n NAME` run is NAME: `dvc exp show`'s
+    "run_id": "run_id",            # MLflow's id, shortened (`mlflow runs describe`)
+    "code": "tags.code.src_sha256",  # the sources it imported, shortened; * when dirty
     "started": "start_time",
     "status": "status",
     "tokenizer": None,  # kind, and the encoding for BPE
@@ -91,6 +93,9 @@ def runs_table(tracking_uri: str, experiment: str, sort_by: str = "val_bpc",
             table[column] = _wall_seconds(frame)
         elif column == "optimizer":  # runs from before train.optimizer used AdamW
             table[column] = _column(frame, source).fillna("adamw")
+        elif column in ("run_id", "code"):
+            table[column] = _column(frame, source).map(
+                lambda v: v[:8] if isinstance(v, str) else None)
         elif column == "steps":
             table[column] = _column(frame, source).fillna(
                 _column(frame, "params.train.max_steps"))
@@ -98,6 +103,8 @@ def runs_table(tracking_uri: str, experiment: str, sort_by: str = "val_bpc",
             table[column] = _column(frame, source)
     for column in NUMERIC:
         table[column] = pd.to_numeric(table[column], errors="coerce")
+    dirty = _column(frame, "tags.git.dirty") == "true"
+    table.loc[dirty & table["code"].notna(), "code"] += "*"
     if len(table):
         table["started"] = pd.to_datetime(table["started"]).dt.strftime("%Y-%m-%d %H:%M")
     table = table.sort_values(sort_by, ascending=not descending, na_position="last",

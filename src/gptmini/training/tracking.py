@@ -207,15 +207,23 @@ def _git(*args: str) -> str | None:
 
 
 def provenance_tags() -> dict[str, str]:
-    """Git commit and dirtiness, the DVC experiment name, and library versions."""
+    """Git commit and dirtiness, the DVC experiment name, the code this process imported
+    (where from, and a hash of its sources), and library versions."""
     import dvc
     import mlflow
     import tiktoken
     import torch
 
+    import gptmini
+    from gptmini.core.hashing import source_sha256
+
+    package = Path(gptmini.__file__).parent
+
     tags = {
         "git.commit": _git("rev-parse", "HEAD") or "unknown",
         "git.dirty": str(bool(_git("status", "--porcelain", "--untracked-files=no"))).lower(),
+        "code.path": str(package),
+        "code.src_sha256": source_sha256(package),
         "version.torch": torch.__version__,
         "version.mlflow": mlflow.__version__,
         "version.dvc": dvc.__version__,
@@ -257,7 +265,10 @@ def _experiment_id(uri: str) -> str:
         if experiment is not None:
             return experiment.experiment_id
         try:
-            return mlflow.create_experiment(name, artifact_location=location)
+            # a model-training experiment: MLflow 3's UI opens it on its training runs and
+            # charts, not on the GenAI overview (traces) it shows an untagged one
+            return mlflow.create_experiment(name, artifact_location=location, tags={
+                "mlflow.experimentKind": "custom_model_development"})
         except mlflow.exceptions.MlflowException:
             experiment = mlflow.get_experiment_by_name(name)
             if experiment is None:

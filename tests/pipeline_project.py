@@ -12,6 +12,8 @@ from pathlib import Path
 import yaml
 
 from conftest import REPO, sha256_of
+from gptmini.core.hashing import weights_sha256
+from gptmini.training.checkpoint import load_checkpoint, model_from_checkpoint
 
 TINY_PARAMS = {
     "model": {"n_layer": 2, "n_embd": 32, "n_head": 2, "block_size": 32, "dropout": 0.0},
@@ -94,3 +96,19 @@ class PipelineProject:
                 continue
         psutil.wait_procs([p for p, _ in victims], timeout=timeout)
         return [cmdline for _, cmdline in victims]
+
+
+def make_project(tmp_path_factory, corpus: Path, name: str, **train) -> PipelineProject:
+    """A project named `name` on `corpus` with these train params, committed."""
+    project = PipelineProject(tmp_path_factory.mktemp(name), corpus)
+    params = project.params
+    params["train"].update(train)
+    project.write_params(params)
+    project.run("git", "commit", "-qam", "params", "--allow-empty")
+    return project
+
+
+def weights_of(project: PipelineProject) -> str:
+    """The weights hash of the project's checkpoint."""
+    return weights_sha256(model_from_checkpoint(load_checkpoint(project.root /
+                                                                "data/model/ckpt.pt")))

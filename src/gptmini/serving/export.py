@@ -226,8 +226,11 @@ def _save_archive(save: Any, obj: Any, path: Path) -> None:
 def export(checkpoint: str | Path, metrics_json: str | Path, out_dir: str | Path, *,
            train_log: str | Path | None = None, eval_log: str | Path | None = None
            ) -> dict[str, Any]:
-    """Write model.ts, model.pt2, tokenizer.json, evaluation_metrics.json and README.md to
-    `out_dir`, and copies of the training logs when given and present."""
+    """Write model.ts, the torch.export programs, tokenizer.json, evaluation_metrics.json,
+    README.md and the Hugging Face folder hf/ to `out_dir`, and copies of the training logs
+    when given and present."""
+    from gptmini.serving.hf import HF_DIR, write_hf_folder  # transformers, imported there
+
     ckpt = load_checkpoint(checkpoint)
     model = model_from_checkpoint(ckpt)
     record = evaluation_record(ckpt, json.loads(Path(metrics_json).read_text()),
@@ -250,6 +253,7 @@ def export(checkpoint: str | Path, metrics_json: str | Path, out_dir: str | Path
         for log, name in ((train_log, TRAIN_LOG_FILE), (eval_log, EVAL_LOG_FILE)):
             if log is not None and Path(log).is_file():
                 shutil.copyfile(log, tmp / name)
+        write_hf_folder(ckpt, model, tmp / HF_DIR)
     return record
 
 

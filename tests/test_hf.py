@@ -9,9 +9,9 @@ import torch
 from conftest import model_config, needs_tiktoken
 from gptmini.data.tokenizers import BpeTokenizer, CharTokenizer
 from gptmini.model import GPT
-from gptmini.serving.export import export
+from gptmini.serving.export import HF_DIR, describe, export, load_export
 from gptmini.serving.generation import Sampling
-from gptmini.serving.hf import HF_DIR, WEIGHTS_FILE, tokenizer_files, write_hf_folder
+from gptmini.serving.hf import WEIGHTS_FILE, tokenizer_files, write_hf_folder
 from tiny_export import build_tiny_export, generated
 
 transformers = pytest.importorskip("transformers")
@@ -148,3 +148,9 @@ def test_a_bpe_model_folder_loads_with_gpt2s_special_token(tmp_path):
     ids = hf_tok("To be, or not to be", return_tensors="pt")["input_ids"]
     assert ids[0].tolist() == tok.encode("To be, or not to be")
     assert max_abs_diff(hf_model, model, ids) <= 1e-5
+
+
+def test_info_and_the_exports_readme_name_the_folder(tiny):
+    assert "\n  hf/ " in describe(load_export(tiny.directory))
+    assert 'AutoModelForCausalLM.from_pretrained("hf")' in \
+        (tiny.directory / "README.md").read_text()

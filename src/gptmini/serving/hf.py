@@ -31,7 +31,6 @@ import torch
 
 from gptmini.model import GPT
 
-HF_DIR = "hf"  # the folder's name in the export
 CONFIG_FILE = "config.json"
 GENERATION_CONFIG_FILE = "generation_config.json"
 WEIGHTS_FILE = "model.safetensors"

@@ -166,7 +166,7 @@ def test_export_holds_the_training_logs_and_a_readme(tmp_path):
 
     tiny = build_tiny_export(tmp_path / "tiny")
     names = sorted(p.name for p in tiny.directory.iterdir())
-    assert names == ["README.md", "decode.pt2", "eval_log.csv", "evaluation_metrics.json",
+    assert names == ["README.md", "decode.pt2", "eval_log.csv", "evaluation_metrics.json", "hf",
                      "model.pt2", "model.ts", "prefill.pt2", "tokenizer.json", "train_log.csv"]
     readme = (tiny.directory / "README.md").read_text()
     assert readme.startswith(USAGE) and "model.generate(" in readme
@@ -182,9 +182,10 @@ def test_the_export_is_the_same_bytes_for_the_same_inputs(tmp_path):
 
     first = build_tiny_export(tmp_path / "a").directory
     second = build_tiny_export(tmp_path / "b").directory
-    names = sorted(p.name for p in first.iterdir())
-    assert {"model.ts", "model.pt2", "prefill.pt2", "decode.pt2"} <= set(names)
-    assert names == sorted(p.name for p in second.iterdir())
+    names = sorted(str(p.relative_to(first)) for p in first.rglob("*") if p.is_file())
+    assert {"model.ts", "model.pt2", "prefill.pt2", "decode.pt2", "hf/model.safetensors"
+            } <= set(names)
+    assert names == sorted(str(p.relative_to(second)) for p in second.rglob("*") if p.is_file())
     for name in names:
         assert (first / name).read_bytes() == (second / name).read_bytes(), name
 

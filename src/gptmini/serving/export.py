@@ -34,6 +34,7 @@ TOKENIZER_FILE = "tokenizer.json"
 METRICS_FILE = "evaluation_metrics.json"
 TRAIN_LOG_FILE = "train_log.csv"
 EVAL_LOG_FILE = "eval_log.csv"
+HF_DIR = "hf"  # the Hugging Face folder (gptmini.serving.hf, which imports transformers)
 MLFLOW_ARTIFACT = "export"  # the export's folder in the pipeline's run and in its MLflow Model
 
 USAGE = """\
@@ -94,6 +95,10 @@ for _ in range(200):
         logits, cache = prefill(window)
 print(decode(new_ids))
 ```
+
+`hf/` is the same model for Hugging Face `transformers` (GPT-2 with the exact GELU):
+`AutoModelForCausalLM.from_pretrained("hf")` and `AutoTokenizer.from_pretrained("hf")`,
+offline; prompt and new tokens together must fit the context.
 
 `evaluation_metrics.json` holds the validation metrics, the model's configuration and
 the tokenizer's identity. The context is `model.block_size` tokens; past it, `generate`
@@ -226,8 +231,11 @@ def _save_archive(save: Any, obj: Any, path: Path) -> None:
 def export(checkpoint: str | Path, metrics_json: str | Path, out_dir: str | Path, *,
            train_log: str | Path | None = None, eval_log: str | Path | None = None
            ) -> dict[str, Any]:
-    """Write model.ts, model.pt2, tokenizer.json, evaluation_metrics.json and README.md to
-    `out_dir`, and copies of the training logs when given and present."""
+    """Write model.ts, the torch.export programs, tokenizer.json, evaluation_metrics.json,
+    README.md and the Hugging Face folder hf/ to `out_dir`, and copies of the training logs
+    when given and present."""
+    from gptmini.serving.hf import write_hf_folder  # imports transformers only when called
+
     ckpt = load_checkpoint(checkpoint)
     model = model_from_checkpoint(ckpt)
     record = evaluation_record(ckpt, json.loads(Path(metrics_json).read_text()),
@@ -250,6 +258,7 @@ def export(checkpoint: str | Path, metrics_json: str | Path, out_dir: str | Path
         for log, name in ((train_log, TRAIN_LOG_FILE), (eval_log, EVAL_LOG_FILE)):
             if log is not None and Path(log).is_file():
                 shutil.copyfile(log, tmp / name)
+        write_hf_folder(ckpt, model, tmp / HF_DIR)
     return record
 
 
@@ -430,6 +439,11 @@ def describe(exported: LoadedExport) -> str:
         path = directory / name
         if path.is_file():
             lines.append(f"  {name:<24}{_size(path.stat().st_size):>8}  {what}")
+    hf = directory / HF_DIR
+    if hf.is_dir():
+        size = sum(p.stat().st_size for p in hf.iterdir() if p.is_file())
+        lines.append(f"  {HF_DIR + '/':<24}{_size(size):>8}  Hugging Face transformers: "
+                     "GPT2LMHeadModel (safetensors) and its tokenizer")
     lines.append(f"model: {describe_model(record)}")
     lines.append(f"weights sha256: {model.get('weights_sha256')}")
     if metrics_line(metrics):

@@ -107,18 +107,19 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def _leftovers(basetemp: Path) -> list:
-    """Processes still at work in this session's temporary directories (a server or queue
-    worker a test started and did not stop), this process excepted."""
+def processes_in(root: Path) -> list:
+    """Processes at work under `root` (their working directory or command line), this
+    process excepted: a server or queue worker a test started there."""
     import psutil
 
-    root, found = str(basetemp), []
+    root, found = str(root), []
     for proc in psutil.process_iter(["cwd", "cmdline"]):
         try:
             cwd, cmdline = proc.info["cwd"] or "", " ".join(proc.info["cmdline"] or [])
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-        if proc.pid != os.getpid() and (cwd.startswith(root) or root in cmdline):
+        inside = cwd == root or cwd.startswith(root + os.sep) or root + os.sep in cmdline
+        if proc.pid != os.getpid() and inside:
             found.append(proc)
     return found
 
@@ -131,7 +132,7 @@ def pytest_sessionfinish(session, exitstatus):
     factory = getattr(session.config, "_tmp_path_factory", None)
     if factory is None or factory._basetemp is None:
         return
-    procs = _leftovers(factory.getbasetemp())
+    procs = processes_in(factory.getbasetemp())
     if not procs:
         return
     for proc in procs:

@@ -3,6 +3,7 @@ pipeline in seconds on a tiny generated corpus."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from conftest import REPO, sha256_of
+from conftest import REPO, processes_in, sha256_of
 from gptmini.core.hashing import weights_sha256
 from gptmini.training.checkpoint import load_checkpoint, model_from_checkpoint
 
@@ -85,17 +86,13 @@ class PipelineProject:
         SIGTERM) and wait for them; the command lines of those found."""
         import psutil
 
-        root, victims = str(self.root), []
-        for proc in psutil.process_iter(["cwd", "cmdline"]):
-            try:
-                cwd, cmdline = proc.info["cwd"] or "", " ".join(proc.info["cmdline"] or [])
-                if proc.pid != os.getpid() and (cwd.startswith(root) or root in cmdline):
-                    proc.kill()
-                    victims.append((proc, cmdline))
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                continue
-        psutil.wait_procs([p for p, _ in victims], timeout=timeout)
-        return [cmdline for _, cmdline in victims]
+        victims, found = processes_in(self.root), []
+        for proc in victims:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                found.append(" ".join(proc.cmdline()))
+                proc.kill()
+        psutil.wait_procs(victims, timeout=timeout)
+        return found
 
 
 def make_project(tmp_path_factory, corpus: Path, name: str, **train) -> PipelineProject:

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import REPO, TIKTOKEN_CACHE, needs_tiktoken
 from gptmini.core.env import absolute, checkout_of, resolve_path_variables
 from gptmini.core.progress import LOG_LINES, progress_bar
@@ -39,6 +41,7 @@ def test_a_dvc_temporary_workspace_resolves_against_its_checkout(tmp_path):
     assert absolute("data", workspace) == str(workspace / "data")
 
 
+@pytest.mark.slow  # a BPE export in a child process: half a minute
 @needs_tiktoken
 def test_the_bpe_export_check_passes_with_a_relative_tiktoken_cache(tmp_path):
     """The README's `export TIKTOKEN_CACHE_DIR=../shared/tiktoken-cache`, verbatim: a test

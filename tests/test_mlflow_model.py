@@ -139,6 +139,7 @@ def test_champion_moves_only_to_a_version_with_a_lower_bpc(store):
     assert "champion unchanged" in worse.describe() and "now @champion" in better.describe()
 
 
+@pytest.mark.slow  # three CLI processes load the registered model: half a minute
 def test_cli_generates_and_describes_from_the_champion(store):
     tiny, _, _, root, _, run_id = store
 

@@ -69,6 +69,22 @@ def test_progress_is_a_few_lines_when_not_on_a_terminal():
     assert lines[-1].startswith("train: 100%") and "4000/4000" in lines[-1]
 
 
+def test_a_bar_left_open_elsewhere_in_the_process_does_not_scramble_the_lines():
+    from tqdm import tqdm
+
+    other = tqdm(total=10, file=io.StringIO())  # as the bar of a run stopped by an error
+    try:
+        log = io.StringIO()
+        with progress_bar(total=4000, desc="train", stream=log) as bar:
+            for _ in range(4000):
+                bar.update()
+    finally:
+        other.close()
+    lines = log.getvalue().splitlines()
+    assert LOG_LINES <= len(lines) <= LOG_LINES + 3, lines
+    assert "\x1b" not in log.getvalue()  # no cursor moves to another line
+
+
 def test_the_training_loop_logs_a_few_lines_when_not_on_a_terminal(capsys):
     import numpy as np
     import torch

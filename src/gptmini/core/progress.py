@@ -42,5 +42,6 @@ def progress_bar(iterable: Iterable[Any] | None = None, *, total: int | None = N
     if disable or stream.isatty():
         return tqdm(iterable, total=total, desc=desc, disable=disable, file=stream, **kwargs)
     every = max(1, total // LOG_LINES) if total else 1
+    # position 0: another bar open in the process must not turn these lines into cursor moves
     return tqdm(iterable, total=total, desc=desc, file=_Lines(stream), miniters=every,
-                mininterval=0, maxinterval=float("inf"), ascii=True, **kwargs)
+                mininterval=0, maxinterval=float("inf"), ascii=True, position=0, **kwargs)

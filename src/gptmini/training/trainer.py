@@ -295,11 +295,12 @@ class Trainer:
         batch = self.samplers["train"].sample(self.device)
         start_step, session_start = self.step, time.perf_counter()
         start = session_start - self.elapsed  # the clock counts the steps before a resume too
-        bar = progress_bar(total=self.steps, initial=self.step, desc="train",
-                           disable=not (progress and self.dist.is_main))
-        with self._stop_on_signals():
+        # closed when the loop raises too (a stop, a NaN): an open bar would shift the next
+        # bar of the process to another line
+        with progress_bar(total=self.steps, initial=self.step, desc="train",
+                          disable=not (progress and self.dist.is_main)) as bar, \
+                self._stop_on_signals():
             self._loop(batch, start, tokens_per_step, bar, on_step, on_eval, on_checkpoint)
-        bar.close()
         self._evaluate(on_eval)
         if cfg.keep_best and self.best_weights is not None and self.best_step != self.step:
             self.model.load_state_dict(self.best_weights)

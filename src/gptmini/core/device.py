@@ -15,7 +15,6 @@ import random
 import subprocess
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -79,11 +78,10 @@ def init_distributed(device_name: str) -> tuple[Distributed, torch.device]:
 
 
 def cpu_has_fast_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    """The CPU multiplies bfloat16 natively (AVX512-BF16 or AMX)."""
+    from gptmini.core.numerics import cpu_flags
+
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
 
 
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:

@@ -24,21 +24,29 @@ def pin_kernel_paths() -> None:
         os.environ.setdefault(name, value)
 
 
-def cpu_model() -> str:
-    """The CPU's model name with its family and model numbers (AMD's EPYC names do not
-    tell Zen 3 from Zen 4), e.g. 'AMD EPYC (family 25, model 1)'."""
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo (empty where there is none)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
+        return {}
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            break
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def cpu_model() -> str:
+    """The CPU's model name with its family and model numbers (AMD's EPYC names do not
+    tell Zen 3 from Zen 4), e.g. 'AMD EPYC (family 25, model 1)'."""
+    fields = _cpuinfo()
+    if not fields:
         import platform
 
         return platform.processor() or "unknown"
-    fields: dict[str, str] = {}
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        fields.setdefault(key.strip(), value.strip())
-        if not line.strip():
-            break
     name = fields.get("model name", "unknown")
     if "cpu family" in fields:
         name += f" (family {fields['cpu family']}, model {fields.get('model', '?')})"
@@ -46,14 +54,8 @@ def cpu_model() -> str:
 
 
 def cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.partition(":")[2].split())
-    return set()
+    """The CPU's feature flags (avx2, avx512f, avx512_bf16, ...)."""
+    return set(_cpuinfo().get("flags", "").split())
 
 
 def describe() -> dict[str, str]:

@@ -207,10 +207,14 @@ def test_runs_lists_the_mlflow_runs_sorted(tmp_path, capsys):
     assert code == 0
     lines = out.splitlines()
     assert lines[0].split()[:6] == ["run", "run_id", "code", "started", "status", "tokenizer"]
-    assert [line.split()[:3] for line in lines[1:]] == [
+    assert [line.split()[:3] for line in lines[1:4]] == [
         ["gpt2", ids["gpt2"][:8], "gpt20000"], ["char", ids["char"][:8], "char0000"],
         ["broken", ids["broken"][:8], "broken00*"]]  # a dirty checkout's code is starred
     assert "bpe:gpt2" in lines[1] and "1.9000" in lines[1] and "1,230,976" in lines[1]
+    # the UI's training-runs view of this experiment, not its GenAI overview
+    assert lines[4:] == [
+        "", f"compare them in the MLflow UI: http://127.0.0.1:5000/#/experiments/{experiment}"
+        "/runs?workflowType=machine_learning", f"(after: mlflow ui --backend-store-uri {uri})"]
     code, out, _ = run(capsys, "runs", "--tracking-uri", uri, "--experiment", "gptmini-test",
                        "--sort", "wall_s", "--descending", "--csv")
     import pandas as pd

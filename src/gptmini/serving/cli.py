@@ -129,18 +129,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 # -- runs -----------------------------------------------------------------------------------
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from gptmini.serving.runs import format_table, runs_table
+    from gptmini.serving.runs import format_table, runs_table, ui_url
     from gptmini.training.tracking import DEFAULT_EXPERIMENT, EXPERIMENT_ENV, tracking_uri
 
     experiment = args.experiment or os.environ.get(EXPERIMENT_ENV) or DEFAULT_EXPERIMENT
-    table = runs_table(args.tracking_uri or tracking_uri(), experiment, args.sort,
-                       args.descending)
+    uri = args.tracking_uri or tracking_uri()
+    table = runs_table(uri, experiment, args.sort, args.descending)
     if args.limit:
         table = table.head(args.limit)
     if args.csv:
         sys.stdout.write(table.to_csv(index=False))
-    else:
-        print(format_table(table))
+        return 0
+    print(format_table(table))
+    print(f"\ncompare them in the MLflow UI: {ui_url(uri, experiment)}")
+    if not uri.startswith(("http://", "https://")):
+        print(f"(after: mlflow ui --backend-store-uri {uri})")
     return 0
 
 

@@ -112,6 +112,21 @@ def runs_table(tracking_uri: str, experiment: str, sort_by: str = "val_bpc",
     return table.reset_index(drop=True)
 
 
+def ui_url(tracking_uri: str, experiment: str) -> str:
+    """The MLflow UI page of `experiment`'s training runs. MLflow 3.17's UI opens every
+    experiment on its GenAI overview (traces) unless the address asks for the model-training
+    view (`workflowType=machine_learning`); the experiment's kind tag does not decide it.
+    A file store has no UI of its own: the address is where `mlflow ui` serves by default."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    found = mlflow.get_experiment_by_name(experiment)
+    base = tracking_uri if tracking_uri.startswith(("http://", "https://")) \
+        else "http://127.0.0.1:5000"
+    page = f"#/experiments/{found.experiment_id}/runs" if found else "#/experiments"
+    return f"{base.rstrip('/')}/{page}?workflowType=machine_learning"
+
+
 def format_table(table: Any) -> str:
     """The table as aligned text: metrics as `gptmini.report` writes them, integers as
     integers."""

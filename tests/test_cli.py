@@ -226,6 +226,46 @@ def test_runs_lists_the_mlflow_runs_sorted(tmp_path, capsys):
     assert code == 2 and "no experiment 'nope'" in err and "gptmini-test" in err
 
 
+def test_runs_plot_marks_the_runs_of_the_current_recipe(tmp_path, capsys):
+    import mlflow
+    import yaml
+
+    from gptmini.core.config import load_params
+    from gptmini.training.tracking import flatten
+
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    recipe = flatten(load_params(tmp_path / "params.yaml").recipe())
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.create_experiment("grid", artifact_location=(tmp_path / "a").as_uri())
+    for name, change, bpc in (("default", {}, 2.16), ("lr-0.02", {"train.muon_lr": 0.02}, 2.2),
+                              ("unfinished", {}, None)):
+        with mlflow.start_run(experiment_id=experiment, run_name=name):
+            mlflow.log_params({**recipe, **change})
+            mlflow.set_tag("cpu.model", "AMD EPYC 7B13 (family 25, model 1)")
+            if bpc:
+                mlflow.log_metrics({"bpc": bpc, "train.wall_seconds": 1000.0})
+    png = tmp_path / "grid.png"
+    code, out, _ = run(capsys, "runs", "--tracking-uri", uri, "--experiment", "grid",
+                       "--plot", str(png), "--params", str(tmp_path / "params.yaml"))
+    assert code == 0 and png.read_bytes()[:4] == b"\x89PNG"
+    assert f"wrote {png}" in out
+    from gptmini.serving.runs import runs_table
+
+    table = runs_table(uri, "grid", recipe=load_params(tmp_path / "params.yaml"))
+    assert dict(zip(table["run"], table["default"], strict=True)) == {
+        "default": True, "lr-0.02": False, "unfinished": True}
+    assert table.attrs["cpus"] == ["AMD EPYC 7B13 (family 25, model 1)"]
+    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    params["train"]["muon_lr"] = 0.02  # now the other run is the default
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    table = runs_table(uri, "grid", recipe=load_params(tmp_path / "params.yaml"))
+    assert list(table.loc[table["default"], "run"]) == ["lr-0.02"]
+    code, _, err = run(capsys, "runs", "--tracking-uri", uri, "--experiment", "grid",
+                       "--plot", str(png), "--params", str(tmp_path / "none.yaml"))
+    assert code == 2 and err.startswith("error: ") and "none.yaml: no such file" in err
+
+
 def test_runs_without_a_store_says_so(tmp_path, capsys):
     code, _, err = run(capsys, "runs", "--tracking-uri", f"sqlite:///{tmp_path / 'none.db'}")
     assert code == 2 and "no MLflow store at" in err

@@ -158,6 +158,10 @@ class Params(_Strict):
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return self.model_dump()
 
+    def recipe(self) -> dict[str, dict[str, Any]]:
+        """What a training run records as its params: every section but evaluate's."""
+        return {k: v for k, v in self.to_dict().items() if k != "evaluate"}
+
     def train_steps(self, train_chars: int, train_tokens: int) -> int:
         """The optimizer steps that train.budget_chars buys: budget_chars / (batch_size x
         processes x block_size x chars per token), with the train split's characters and

@@ -129,14 +129,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 # -- runs -----------------------------------------------------------------------------------
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from gptmini.serving.runs import format_table, runs_table, ui_url
+    from gptmini.core.config import load_params
+    from gptmini.serving.runs import format_table, plot_runs, runs_table, ui_url
     from gptmini.training.tracking import DEFAULT_EXPERIMENT, EXPERIMENT_ENV, tracking_uri
 
     experiment = args.experiment or os.environ.get(EXPERIMENT_ENV) or DEFAULT_EXPERIMENT
     uri = args.tracking_uri or tracking_uri()
-    table = runs_table(uri, experiment, args.sort, args.descending)
+    recipe = load_params(args.params) if args.plot else None
+    table = runs_table(uri, experiment, args.sort, args.descending, recipe)
     if args.limit:
         table = table.head(args.limit)
+    if args.plot:
+        cpus = " / ".join(table.attrs["cpus"]) or "CPU not recorded"
+        plot_runs(table, args.plot, f"{experiment}: {len(table)} runs on {cpus}")
+        print(f"wrote {args.plot}: the default recipe is {args.params}'s")
     if args.csv:
         sys.stdout.write(table.to_csv(index=False))
         return 0
@@ -253,6 +259,11 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--limit", type=_positive_int, default=None, metavar="N",
                       help="show the first N rows")
     runs.add_argument("--csv", action="store_true", help="print CSV instead of a table")
+    runs.add_argument("--plot", default=None, metavar="PNG",
+                      help="also draw validation nats/char against training wall time, one "
+                           "point a run, the runs of the current params.yaml as stars")
+    runs.add_argument("--params", default="params.yaml", metavar="YAML",
+                      help="the recipe --plot marks as the default (default params.yaml)")
     runs.add_argument("--experiment", default=None,
                       help="experiment name (default: $MLFLOW_EXPERIMENT_NAME, else gptmini)")
     runs.add_argument("--tracking-uri", default=None, metavar="URI",
@@ -296,13 +307,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     resolve_path_variables()
     args = build_parser().parse_args(argv)
+    from gptmini.core.config import ConfigError
     from gptmini.data.text import InputError
     from gptmini.serving.export import ExportError
     from gptmini.serving.runs import RunsError
 
     try:
         return args.func(args)
-    except (CliError, ExportError, InputError, RunsError) as exc:
+    except (CliError, ConfigError, ExportError, InputError, RunsError) as exc:
         sys.stdout.flush()
         print(f"error: {exc}", file=sys.stderr)
         return 2

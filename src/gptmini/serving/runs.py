@@ -71,8 +71,9 @@ def check_store(tracking_uri: str) -> None:
 
 
 def runs_table(tracking_uri: str, experiment: str, sort_by: str = "val_bpc",
-               descending: bool = False) -> Any:
-    """One row per run of `experiment`, sorted by `sort_by` (runs without it last)."""
+               descending: bool = False, recipe: Any = None) -> Any:
+    """One row per run of `experiment`, sorted by `sort_by` (runs without it last); with
+    `recipe` (a Params), a `default` column says which runs trained exactly that."""
     import mlflow
     import pandas as pd
 
@@ -103,6 +104,10 @@ def runs_table(tracking_uri: str, experiment: str, sort_by: str = "val_bpc",
             table[column] = _column(frame, source)
     for column in NUMERIC:
         table[column] = pd.to_numeric(table[column], errors="coerce")
+    if recipe is not None:
+        table["default"] = is_recipe(frame, recipe)
+    # the CPUs the runs trained on, for a figure's title (wall times compare only on one)
+    table.attrs["cpus"] = sorted(_column(frame, "tags.cpu.model").dropna().unique())
     dirty = _column(frame, "tags.git.dirty") == "true"
     table.loc[dirty & table["code"].notna(), "code"] += "*"
     if len(table):
@@ -110,6 +115,54 @@ def runs_table(tracking_uri: str, experiment: str, sort_by: str = "val_bpc",
     table = table.sort_values(sort_by, ascending=not descending, na_position="last",
                               kind="stable")
     return table.reset_index(drop=True)
+
+
+def is_recipe(frame: Any, params: Any) -> Any:
+    """Which runs of a `search_runs` frame recorded exactly `params`' recipe (every param
+    the training stage logs from params.yaml, as MLflow stores them: str())."""
+    import pandas as pd
+
+    from gptmini.training.tracking import flatten
+
+    match = pd.Series(True, index=frame.index)
+    for key, value in flatten(params.recipe()).items():
+        match &= _column(frame, f"params.{key}") == str(value)
+    return match
+
+
+def plot_runs(table: Any, path: str | Path, title: str) -> None:
+    """Validation nats per character against training wall time, one point a run, the runs
+    of the current recipe (the `default` column) as stars."""
+    import math
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from gptmini.core.atomic import atomic_path
+
+    shown = table.dropna(subset=["val_bpc", "wall_s"])
+    if shown.empty:
+        raise RunsError("no run has both a validation BPC and a wall time to plot")
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
+    for default, marker, label in ((False, "o", "run"), (True, "*", "the default recipe")):
+        part = shown[shown["default"] == default]
+        if len(part):
+            ax.scatter(part["wall_s"], part["val_bpc"] * math.log(2), marker=marker,
+                       s=160 if default else 40, label=label, zorder=3)
+    for row in shown.itertuples():
+        ax.annotate(row.run, (row.wall_s, row.val_bpc * math.log(2)), fontsize=8,
+                    xytext=(4, 4), textcoords="offset points")
+    ax.set_xlabel("training wall time (s)")
+    ax.set_ylabel("validation loss (nats per character)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", metadata={"Software": None})
+    plt.close(fig)
 
 
 def ui_url(tracking_uri: str, experiment: str) -> str:

@@ -78,7 +78,7 @@ def train(params: Params) -> TrainResult | None:
     model = GPT(params.model, tokenizer["vocab_size"])
     trainer = Trainer(model, train_tokens, val_tokens, cfg, device, steps=steps, dtype=dtype,
                       dist_info=dist_info)
-    logged = {k: v for k, v in params.to_dict().items() if k != "evaluate"}
+    logged = params.recipe()
     store = ResumeStore(paths.RESUME_DIR, fingerprint({**logged, "tokenizer_def": tokenizer},
                                                        files), dist_info)
     saved = store.load()

@@ -61,6 +61,11 @@ def test_wsd_schedule_holds_the_peak_then_decays_linearly_over_the_last_fraction
     assert all(lr_at(s, cfg, 100) == pytest.approx(1e-2) for s in range(10, 81))
     assert lr_at(90, cfg, 100) == pytest.approx(1e-4 + 0.5 * (1e-2 - 1e-4))
     assert lr_at(100, cfg, 100) == pytest.approx(1e-4)
+    sqrt = train_config(warmup_steps=10, learning_rate=1e-2, min_lr=1e-4, schedule="wsd",
+                        decay_fraction=0.2, decay_shape="sqrt")
+    assert lr_at(80, sqrt, 100) == pytest.approx(1e-2)
+    assert lr_at(85, sqrt, 100) == pytest.approx(1e-4 + 0.5 * (1e-2 - 1e-4))  # 1 - sqrt(1/4)
+    assert lr_at(100, sqrt, 100) == pytest.approx(1e-4)
     cosine = train_config(warmup_steps=10, learning_rate=1e-2, min_lr=1e-4, schedule="cosine")
     assert lr_at(50, cosine, 100) < lr_at(50, cfg, 100)
 

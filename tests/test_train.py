@@ -57,12 +57,9 @@ def test_a_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_state(tok
     assert all(torch.isfinite(v).all() for v in state["model"].values())
 
 
-@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
-def test_resume_in_process_gives_the_same_weights(tokens, tmp_path, optimizer):
-    straight = tiny_trainer(tokens, optimizer=optimizer)
-    straight.run(progress=False)
+def stopped_and_resumed(tokens, **cfg) -> Trainer:
+    """A run stopped after its state at step 15 was saved, then resumed from that state."""
     saved = {}
-    first = tiny_trainer(tokens, steps=30, optimizer=optimizer)
 
     class Stop(Exception):
         pass
@@ -73,10 +70,18 @@ def test_resume_in_process_gives_the_same_weights(tokens, tmp_path, optimizer):
             raise Stop
 
     with pytest.raises(Stop):
-        first.run(on_checkpoint=keep_and_stop, progress=False)
-    resumed = tiny_trainer(tokens, optimizer=optimizer)
+        tiny_trainer(tokens, **cfg).run(on_checkpoint=keep_and_stop, progress=False)
+    resumed = tiny_trainer(tokens, **cfg)
     resumed.load_state_dict(saved["state"])
     resumed.run(progress=False)
+    return resumed
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_resume_in_process_gives_the_same_weights(tokens, tmp_path, optimizer):
+    straight = tiny_trainer(tokens, optimizer=optimizer)
+    straight.run(progress=False)
+    resumed = stopped_and_resumed(tokens, optimizer=optimizer)
     for (name, a), (_, b) in zip(straight.model.state_dict().items(),
                                  resumed.model.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
@@ -102,6 +107,39 @@ def test_muon_steps_the_blocks_matrices_and_adamw_the_rest(tokens):
     # every group follows the schedule in proportion to its own peak
     assert muon.param_groups[0]["lr"] / muon.param_groups[0]["peak_lr"] == pytest.approx(
         adamw.param_groups[0]["lr"] / adamw.param_groups[0]["peak_lr"])
+
+
+def test_muon_momentum_warms_up_from_0_85_to_its_value(tokens):
+    trainer = tiny_trainer(tokens, optimizer="muon", muon_momentum=0.95,
+                           muon_momentum_warmup=20, steps=30)
+    muon = trainer.optimizer.optimizers[1]
+    seen = []
+    trainer.run(on_step=lambda row: seen.append(muon.param_groups[0]["momentum"]),
+                progress=False)
+    assert seen[0] == pytest.approx(0.85) and seen[10] == pytest.approx(0.90)
+    assert seen[20:] == [pytest.approx(0.95)] * 10
+
+
+@pytest.mark.parametrize("keep_best", [False, True])
+def test_ema_is_what_is_evaluated_kept_and_saved_and_it_resumes(tokens, keep_best):
+    raw = tiny_trainer(tokens, keep_best=keep_best)
+    raw.run(progress=False)
+    straight = tiny_trainer(tokens, ema_decay=0.9, keep_best=keep_best)
+    averages = {}
+    straight.run(on_eval=lambda row: averages.update(
+        {row["step"]: {k: v.clone() for k, v in straight.ema.module.state_dict().items()}}),
+        progress=False)
+    # the same training (the average never feeds back), other weights evaluated and saved
+    assert [r["loss"] for r in straight.history] == [r["loss"] for r in raw.history]
+    assert straight.evals != raw.evals
+    saved = averages[straight.best_step if keep_best else 30]
+    for name, weights in straight.model.state_dict().items():
+        assert torch.equal(weights, saved[name]), name
+    assert not torch.equal(straight.model.lm_head.weight, raw.model.lm_head.weight)
+    # a resumed run averages on from where it stopped, bit for bit
+    resumed = stopped_and_resumed(tokens, ema_decay=0.9, keep_best=keep_best)
+    for name, weights in straight.model.state_dict().items():
+        assert torch.equal(weights, resumed.model.state_dict()[name]), name
 
 
 def test_a_resume_state_of_the_other_optimizer_is_refused(tokens):

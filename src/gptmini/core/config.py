@@ -114,11 +114,15 @@ class TrainConfig(_Strict):
     learning_rate: Float = Field(gt=0.0, le=1.0)
     muon_lr: Float = Field(gt=0.0, le=10.0, description="Muon's peak learning rate")
     muon_momentum: Float = Field(ge=0.0, lt=1.0)
+    muon_momentum_warmup: int = Field(ge=0, description=(
+        "steps over which Muon's momentum rises linearly from 0.85 to muon_momentum (0: off)"))
     min_lr: Float = Field(ge=0.0, le=1.0)
     schedule: Literal["cosine", "wsd"] = Field(description=(
         "after the warmup: cosine decay to min_lr, or warmup-stable-decay (flat, then a "
         "linear decay to min_lr over the last decay_fraction of the steps)"))
     decay_fraction: Float = Field(gt=0.0, le=1.0)
+    decay_shape: Literal["linear", "sqrt"] = Field(description=(
+        "wsd only: the decay's shape, linear or 1-sqrt (1 - sqrt of its progress)"))
     warmup_steps: int = Field(ge=0)
     weight_decay: Float = Field(ge=0.0, le=10.0)
     beta1: Float = Field(ge=0.0, lt=1.0)
@@ -127,6 +131,9 @@ class TrainConfig(_Strict):
     eval_interval: int = Field(ge=1)
     eval_iters: int = Field(ge=1)
     keep_best: bool
+    ema_decay: Float = Field(ge=0.0, lt=1.0, description=(
+        "0: off; else the model evaluated, kept and saved is an exponential moving average "
+        "of the weights, its decay min(ema_decay, (1 + n) / (10 + n)) at its n-th update"))
     checkpoint_interval: int = Field(ge=1)
     dtype: Literal["auto", "float32", "bfloat16"]
     compile: bool

@@ -62,18 +62,43 @@ class BatchSampler:
 def lr_at(step: int, cfg: TrainConfig, steps: int) -> float:
     """The learning rate of `step` for a peak of cfg.learning_rate: linear warmup, then
     cosine decay to min_lr at the last of `steps` (schedule: cosine), or a flat stretch
-    and a linear decay to min_lr over the last decay_fraction of the steps (schedule: wsd,
-    warmup-stable-decay). Every parameter group follows it in proportion to its peak."""
+    and a linear or 1-sqrt decay to min_lr over the last decay_fraction of the steps
+    (schedule: wsd, warmup-stable-decay). Every parameter group follows it in proportion
+    to its peak."""
     if step < cfg.warmup_steps:
         return cfg.learning_rate * (step + 1) / cfg.warmup_steps
     if cfg.schedule == "wsd":
         decay_steps = max(1, round(cfg.decay_fraction * steps))
-        progress = (step - (steps - decay_steps)) / decay_steps
-        shape = 1.0 - min(max(progress, 0.0), 1.0)
+        progress = min(max((step - (steps - decay_steps)) / decay_steps, 0.0), 1.0)
+        shape = 1.0 - (math.sqrt(progress) if cfg.decay_shape == "sqrt" else progress)
     else:
         progress = (step - cfg.warmup_steps) / max(1, steps - cfg.warmup_steps)
         shape = 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
     return cfg.min_lr + shape * (cfg.learning_rate - cfg.min_lr)
+
+
+def muon_momentum_at(step: int, cfg: TrainConfig) -> float:
+    """Muon's momentum at `step`: from 0.85 up to muon_momentum, linearly over the first
+    muon_momentum_warmup steps (modded-nanogpt's warmup: less momentum while the weights
+    move fast)."""
+    progress = min(step / cfg.muon_momentum_warmup, 1.0)
+    return 0.85 + progress * (cfg.muon_momentum - 0.85)
+
+
+def make_ema(model: GPT, decay: float) -> torch.optim.swa_utils.AveragedModel:
+    """An exponential moving average of `model`'s weights (torch's AveragedModel). Its
+    decay starts low, (1 + n) / (10 + n) at the n-th update, so that the random initial
+    weights fade within the first steps instead of weighing decay ** steps at the end."""
+    from torch.optim.swa_utils import AveragedModel
+
+    def average(averaged: torch.Tensor, current: torch.Tensor,
+                n: torch.Tensor) -> torch.Tensor:
+        d = torch.clamp((1 + n) / (10 + n), max=decay).to(averaged.dtype)
+        return averaged * d + current * (1 - d)
+
+    ema = AveragedModel(model, avg_fn=average)
+    ema.module.eval()  # it is only evaluated and saved, never trained
+    return ema
 
 
 class Optimizers:
@@ -99,6 +124,12 @@ class Optimizers:
     def set_lr(self, fraction: float) -> None:
         for group in self.param_groups:
             group["lr"] = group["peak_lr"] * fraction
+
+    def set_muon_momentum(self, momentum: float) -> None:
+        for opt in self.optimizers:
+            if isinstance(opt, torch.optim.Muon):
+                for group in opt.param_groups:
+                    group["momentum"] = momentum
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for opt in self.optimizers:
@@ -217,6 +248,7 @@ class Trainer:
                          "eval_train": BatchSampler(train_tokens, block, bs, seed + 1),
                          "eval_val": BatchSampler(val_tokens, block, bs, seed + 2)}
         self.optimizer = make_optimizer(model, cfg, device, dtype)
+        self.ema = make_ema(self.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
         self.step = 0
         self.history: list[dict[str, float]] = []
         self.evals: list[dict[str, float]] = []
@@ -224,9 +256,16 @@ class Trainer:
         self.best_weights: dict[str, torch.Tensor] | None = None
         self.elapsed = 0.0
 
+    @property
+    def evaluated_model(self) -> GPT:
+        """The weights the run evaluates, keeps and saves: the moving average when
+        train.ema_decay is on, else the trained ones."""
+        return self.ema.module if self.ema is not None else self.model
+
     @torch.inference_mode()
     def estimate_loss(self) -> dict[str, float]:
-        self.model.eval()
+        model = self.evaluated_model
+        model.eval()
         out = {}
         for split in ("train", "val"):
             sampler = self.samplers[f"eval_{split}"]
@@ -234,7 +273,7 @@ class Trainer:
             for _ in range(self.cfg.eval_iters):
                 x, y = sampler.sample(self.device)
                 with autocast(self.device, self.dtype):
-                    losses.append(self.model(x, y).item())
+                    losses.append(model(x, y).item())
             out[split] = self.dist.mean(float(np.mean(losses)), self.device)
         self.model.train()
         return out
@@ -242,7 +281,8 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         """Everything a resume needs, in plain tensors and containers (weights_only-safe)."""
         np_state = np.random.get_state()
-        return {
+        ema = {"ema": self.ema.state_dict()} if self.ema is not None else {}
+        return {**ema,
             "step": self.step,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -260,6 +300,8 @@ class Trainer:
         self.step = state["step"]
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
         for k, s in state["samplers"].items():
             self.samplers[k].state = s
         rng = state["rng"]
@@ -282,7 +324,7 @@ class Trainer:
         if self.cfg.keep_best and losses["val"] < self.best_val:
             self.best_val, self.best_step = losses["val"], self.step
             self.best_weights = {k: v.detach().to("cpu", copy=True)
-                                 for k, v in self.model.state_dict().items()}
+                                 for k, v in self.evaluated_model.state_dict().items()}
         if on_eval:
             on_eval(record)
 
@@ -304,6 +346,8 @@ class Trainer:
         self._evaluate(on_eval)
         if cfg.keep_best and self.best_weights is not None and self.best_step != self.step:
             self.model.load_state_dict(self.best_weights)
+        elif self.ema is not None:
+            self.model.load_state_dict(self.ema.module.state_dict())
         now = time.perf_counter()
         return TrainResult(
             steps=self.step, final_train_loss=self.evals[-1]["train_loss"],
@@ -324,6 +368,8 @@ class Trainer:
                 self._evaluate(on_eval)
             lr = lr_at(self.step, cfg, self.steps)
             self.optimizer.set_lr(lr / cfg.learning_rate)
+            if cfg.muon_momentum_warmup:
+                self.optimizer.set_muon_momentum(muon_momentum_at(self.step, cfg))
             t0 = time.perf_counter()
             x, y = batch
             with autocast(self.device, self.dtype):
@@ -333,6 +379,8 @@ class Trainer:
             loss.backward()
             loss_value = self._finite_loss_and_gradients(loss)  # before the optimizer step
             self.optimizer.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
             # The resume state keeps the sampler as it is *before* the next batch is drawn.
             next_sampler_state = sampler.state
             if self.step + 1 < self.steps:

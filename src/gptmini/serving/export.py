@@ -14,6 +14,7 @@ import shutil
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -339,9 +340,10 @@ class LoadedExport:
     def block_size(self) -> int:
         return int(self.model.block_size)
 
+    @cached_property
     def eager_model(self) -> GPT:
         """The model as an eager GPT (the record's configuration, model.ts's weights), for
-        what the export does not carry (the attention maps)."""
+        what the export does not carry (the attention maps); built on first use."""
         from gptmini.core.config import ModelConfig
 
         config = dict(self.record["model"]["config"])

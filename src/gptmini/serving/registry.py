@@ -132,7 +132,7 @@ def export_stage(params: Any = None) -> dict[str, Any]:
     from gptmini.core import paths
     from gptmini.report import describe_model
     from gptmini.serving.export import METRICS_FILE, export
-    from gptmini.training.tracking import pipeline_run
+    from gptmini.tracking.runs import pipeline_run
 
     record = export(paths.CHECKPOINT, paths.EVALUATE_METRICS, paths.EXPORT_DIR,
                     train_log=paths.TRAIN_LOG, eval_log=paths.EVAL_LOG)
@@ -158,7 +158,7 @@ def load_model(source: str | Path) -> LoadedExport:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from gptmini.training.tracking import tracking_uri
+    from gptmini.tracking.store import tracking_uri
 
     mlflow.set_tracking_uri(tracking_uri())
     target = Path(tempfile.mkdtemp(prefix="gptmini-model-"))

@@ -42,17 +42,13 @@ from gptmini.core.hashing import weights_sha256
 from gptmini.core.stage import Interrupted, StageError
 from gptmini.data.tokens import SPLITS, load_tokens
 from gptmini.model import GPT
+from gptmini.tracking.metrics import MetricBuffer
+from gptmini.tracking.run_id import write_run_id
+from gptmini.tracking.runs import log_corpus, mlflow_run
+from gptmini.tracking.tags import flatten, provenance_tags
 from gptmini.training.checkpoint import save_checkpoint
 from gptmini.training.logs import loss_curve, write_csv
 from gptmini.training.resume import ResumeStore, fingerprint
-from gptmini.training.tracking import (
-    MetricBuffer,
-    flatten,
-    log_corpus,
-    mlflow_run,
-    provenance_tags,
-    write_run_id,
-)
 from gptmini.training.trainer import NonFiniteLoss, Trainer, TrainResult
 
 

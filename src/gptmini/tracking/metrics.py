@@ -79,3 +79,21 @@ class MetricBuffer:
         except unreachable_errors():
             self.outbox.keep(self.run_id, artifact=path)
 
+
+class NullBuffer:
+    """MetricBuffer's interface doing nothing: the tracker of the processes that do not log
+    (the ranks after the first of a multi-process run)."""
+
+    run_id = None
+
+    def add(self, values: dict[str, float], step: int, prefix: str = "") -> None:
+        pass
+
+    def add_summary(self, values: dict[str, float]) -> None:
+        pass
+
+    def flush(self) -> bool:
+        return True
+
+    def log_artifact(self, path: str | Path) -> None:
+        pass

@@ -21,9 +21,10 @@ from typing import Any
 import torch
 
 from gptmini.core.atomic import atomic_dir
+from gptmini.core.errors import first_line
 from gptmini.core.hashing import weights_sha256
 from gptmini.data.tokenizers import Tokenizer, from_definition
-from gptmini.model import GPT, sample_next, seeded_generator
+from gptmini.model import GPT, sample_next, seeded_generator, window_keep
 from gptmini.report import describe_model, describe_tokenizer, metrics_line, metrics_markdown
 from gptmini.training.checkpoint import load_checkpoint, model_from_checkpoint
 
@@ -293,7 +294,7 @@ class ProgramGenerator:
                  decode: torch.export.ExportedProgram, block_size: int) -> None:
         self._prefill, self._decode = graph_runner(prefill), graph_runner(decode)
         self.block_size = block_size
-        self.window_keep = max(1, 3 * block_size // 4)  # as GPT.window_keep
+        self.window_keep = window_keep(block_size)
         self.device = torch.device("cpu")
 
     def prefill(self, idx: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor],
@@ -371,9 +372,8 @@ def load_export(export_dir: str | Path) -> LoadedExport:
     try:
         model = torch.jit.load(str(directory / MODEL_FILE), map_location="cpu").eval()
     except (RuntimeError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ExportError(f"{directory / MODEL_FILE} is not a TorchScript model: {first}"
-                          ) from None
+        raise ExportError(f"{directory / MODEL_FILE} is not a TorchScript model: "
+                          f"{first_line(exc)}") from None
     if not hasattr(model, "generate"):
         raise ExportError(f"{directory / MODEL_FILE} was exported before generation was "
                           "added: run the export stage again (dvc repro)")
@@ -409,8 +409,7 @@ def _load_programs(directory: Path, model: torch.jit.ScriptModule) -> ProgramGen
             decode = torch.export.load(directory / DECODE_FILE)
     except Exception as exc:  # torch.export.load raises many kinds; say which file, in a line
         raise ExportError(f"{directory}/: cannot load the torch.export programs: "
-                          f"{str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}"
-                          ) from None
+                          f"{first_line(exc)}") from None
     return ProgramGenerator(prefill, decode, int(model.block_size))
 
 

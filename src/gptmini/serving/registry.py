@@ -22,6 +22,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from gptmini.core.errors import first_line
 from gptmini.serving.export import MLFLOW_ARTIFACT, ExportError, LoadedExport, load_export
 
 REGISTERED_MODEL = "gptmini"
@@ -167,8 +168,8 @@ def load_model(source: str | Path) -> LoadedExport:
         local = mlflow.artifacts.download_artifacts(artifact_uri=str(source),
                                                     dst_path=str(target))
     except MlflowException as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ExportError(f"cannot load {source} from {tracking_uri()}: {first}") from None
+        raise ExportError(f"cannot load {source} from {tracking_uri()}: {first_line(exc)}"
+                          ) from None
     directory = Path(local) / "artifacts" / MLFLOW_ARTIFACT
     if not directory.is_dir():
         raise ExportError(f"{source} is not a GPT-Mini model (it has no "

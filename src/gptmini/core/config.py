@@ -86,12 +86,6 @@ class ModelConfig(_Strict):
         "attention off its fused kernel: about 1.8x the step time)"))
     bias: bool
 
-    @classmethod
-    def saved(cls, config: dict[str, Any]) -> ModelConfig:
-        """The config stored in a checkpoint or an export. Those saved before attn_dropout
-        existed applied `dropout` to the attention probabilities too."""
-        return cls(**{"attn_dropout": config.get("dropout", 0.0), **config})
-
     @model_validator(mode="after")
     def _heads_divide(self) -> ModelConfig:
         if self.n_embd % self.n_head:

@@ -328,14 +328,13 @@ class ProgramGenerator:
 
 @dataclass
 class LoadedExport:
-    """`model` is model.ts (scoring, and generation for exports without the programs);
-    `programs` the torch.export generation steps, which the CLI and the app prefer."""
+    """`model` is model.ts (scoring); `programs` the torch.export generation steps."""
 
     directory: Path
     model: torch.jit.ScriptModule
     tokenizer: Tokenizer
     record: dict[str, Any]
-    programs: ProgramGenerator | None = None
+    programs: ProgramGenerator
 
     @property
     def block_size(self) -> int:
@@ -348,15 +347,22 @@ class LoadedExport:
         from gptmini.core.config import ModelConfig
 
         config = dict(self.record["model"]["config"])
-        vocab_size = config.pop("vocab_size", self.tokenizer.vocab_size)
-        model = GPT(ModelConfig.saved(config), vocab_size)
+        vocab_size = config.pop("vocab_size")
+        model = GPT(ModelConfig(**config), vocab_size)
         model.load_state_dict(self.model.state_dict())
         return model.eval()
 
     @property
-    def generation_model(self) -> ProgramGenerator | torch.jit.ScriptModule:
-        """What generates: the torch.export programs when the export has them."""
-        return self.programs if self.programs is not None else self.model
+    def generation_model(self) -> ProgramGenerator:
+        """What the CLI and the app generate with."""
+        return self.programs
+
+
+def _require(directory: Path, *names: str) -> None:
+    for name in names:
+        if not (directory / name).is_file():
+            raise ExportError(f"{directory}/ has no {name}: not a complete export; run the "
+                              "export stage again (dvc repro)")
 
 
 def load_export(export_dir: str | Path) -> LoadedExport:
@@ -365,10 +371,7 @@ def load_export(export_dir: str | Path) -> LoadedExport:
     if not directory.is_dir():
         raise ExportError(f"no export at {directory}/: run the pipeline (dvc repro) or "
                           "point --export-dir at an export directory")
-    for name in (MODEL_FILE, TOKENIZER_FILE, METRICS_FILE):
-        if not (directory / name).is_file():
-            raise ExportError(f"{directory}/ has no {name}: not a complete export; run the "
-                              "export stage again (dvc repro)")
+    _require(directory, MODEL_FILE, TOKENIZER_FILE, METRICS_FILE)
     try:
         model = torch.jit.load(str(directory / MODEL_FILE), map_location="cpu").eval()
     except (RuntimeError, ValueError) as exc:
@@ -397,11 +400,9 @@ def load_export(export_dir: str | Path) -> LoadedExport:
     return LoadedExport(directory, model, tokenizer, record, _load_programs(directory, model))
 
 
-def _load_programs(directory: Path, model: torch.jit.ScriptModule) -> ProgramGenerator | None:
-    """The generation programs of an export that has them (exports made before they were
-    added generate with model.ts)."""
-    if not all((directory / name).is_file() for name in (PREFILL_FILE, DECODE_FILE)):
-        return None
+def _load_programs(directory: Path, model: torch.jit.ScriptModule) -> ProgramGenerator:
+    """The export's generation programs (prefill.pt2, decode.pt2)."""
+    _require(directory, PREFILL_FILE, DECODE_FILE)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

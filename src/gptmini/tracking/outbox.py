@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ BATCH_LIMIT = 1000  # MLflow's limit of metrics per batch request
 
 
 def log_in_batches(client: Any, run_id: str, pending: list[Any],
-                   as_metric: Any = None) -> int:
+                   as_metric: Callable[[Any], Any] | None = None) -> int:
     """Send `pending` in batches of MLflow's limit, removing each batch once it arrived (a
     failure leaves in `pending` what did not); the number of metrics sent."""
     sent = 0

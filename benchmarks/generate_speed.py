@@ -131,11 +131,7 @@ def main() -> int:
         source = str(args.checkpoint)
     else:
         exported = load_export(args.export_dir)  # ExportError: one line, below
-        model, scripted, tokenizer = exported.eager_model(), exported.model, exported.tokenizer
-        if exported.programs is None:
-            print(f"error: {args.export_dir}/ has no {PREFILL_FILE} and {DECODE_FILE}: export "
-                  "again (dvc repro)", file=sys.stderr)
-            return 2
+        model, scripted, tokenizer = exported.eager_model, exported.model, exported.tokenizer
         programs = {name: torch.export.load(args.export_dir / name)
                     for name in (PREFILL_FILE, DECODE_FILE)}
         source = f"{args.export_dir}/"

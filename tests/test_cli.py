@@ -231,7 +231,7 @@ def test_runs_plot_marks_the_runs_of_the_current_recipe(tmp_path, capsys):
     import yaml
 
     from gptmini.core.config import load_params
-    from gptmini.training.tracking import flatten
+    from gptmini.tracking.tags import flatten
 
     (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
     recipe = flatten(load_params(tmp_path / "params.yaml").recipe())

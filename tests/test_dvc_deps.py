@@ -86,7 +86,7 @@ def test_the_closure_follows_imports_inside_functions(tmp_path):
     # The train stage reaches the tracking module only through gptmini.training.run, and
     # mlflow through a function-level import: the walk must see both kinds.
     closure = source_closure(REPO / "stages/train.py")
-    assert Path("src/gptmini/training/tracking.py") in closure
+    assert Path("src/gptmini/tracking/runs.py") in closure
     assert Path("src/gptmini/core/env.py") in closure
     assert Path("src/gptmini/__init__.py") in closure
     assert Path("src/gptmini/serving/cli.py") not in closure

@@ -197,7 +197,7 @@ def test_export_stage_exports_and_logs_to_the_pipeline_run(tmp_path, monkeypatch
 
     from gptmini.core import paths
     from gptmini.serving.registry import export_stage
-    from gptmini.training.tracking import write_run_id
+    from gptmini.tracking.run_id import write_run_id
     from tiny_export import build_tiny_export
 
     tiny = build_tiny_export(tmp_path / "tiny")

@@ -391,7 +391,7 @@ def test_mlflow_sync_keeps_the_outbox_while_the_store_is_still_unreachable(tmp_p
     from mlflow.entities import Metric
 
     from gptmini.serving.cli import main
-    from gptmini.training.tracking import Outbox
+    from gptmini.tracking.outbox import Outbox
 
     for name in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
                  "MLFLOW_HTTP_REQUEST_TIMEOUT"):

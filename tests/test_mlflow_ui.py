@@ -14,7 +14,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 def log_a_run(uri: str, name: str, cwd: Path) -> None:
     """A run made the way the pipeline makes one (the project's experiment, its tags)."""
-    code = ("import mlflow; from gptmini.training.tracking import mlflow_run\n"
+    code = ("import mlflow; from gptmini.tracking.runs import mlflow_run\n"
             f"with mlflow_run(run_name={name!r}):\n    mlflow.log_metric('bpc', 2.16)\n")
     subprocess.run([sys.executable, "-c", code], cwd=cwd, check=True, timeout=300,
                    env={**os.environ, "MLFLOW_TRACKING_URI": uri})

@@ -138,16 +138,6 @@ def test_attention_maps_change_neither_training_nor_the_script():
     assert torch.equal(model(idx, idx), loss)  # the RNG and the weights untouched
 
 
-def test_a_config_saved_before_attn_dropout_loads_with_its_dropout_on_attention():
-    from gptmini.core.config import ModelConfig
-
-    old = {k: v for k, v in model_config(dropout=0.2).model_dump().items()
-           if k != "attn_dropout"}
-    assert ModelConfig.saved(old).attn_dropout == 0.2
-    assert ModelConfig.saved(model_config(dropout=0.2, attn_dropout=0.0).model_dump()) == \
-        model_config(dropout=0.2, attn_dropout=0.0)
-
-
 def test_dropout_drops_a_tenth_keeps_the_mean_and_follows_the_seed():
     from gptmini.model import Dropout
 

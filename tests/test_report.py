@@ -121,7 +121,7 @@ def tiny(tmp_path_factory):
 
 
 def test_the_cli_the_app_and_the_readme_show_the_same_numbers(tiny, tmp_path, capsys):
-    from gptmini.serving.app import build_app, model_markdown, validation_markdown
+    from gptmini.serving.app import evaluate, model_markdown, validation_markdown
     from gptmini.serving.cli import main
     from gptmini.serving.export import load_export
 
@@ -153,8 +153,7 @@ def test_the_cli_the_app_and_the_readme_show_the_same_numbers(tiny, tmp_path, ca
     metrics = json.loads(capsys.readouterr().out)
     assert main(["evaluate", str(path), "-q", "--export-dir", str(tiny.directory)]) == 0
     shown = capsys.readouterr().out
-    evaluate = next(f.fn for f in build_app(exported).fns.values() if f.api_name == "evaluate")
-    table, _, app_metrics = evaluate(text)
+    table, _, app_metrics = evaluate(exported, text)
     # The app sums per-token losses, the CLI whole windows: equal to float rounding.
     assert app_metrics == pytest.approx(metrics, rel=1e-6)
     assert metric_rows(app_metrics) == metric_rows(metrics)

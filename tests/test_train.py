@@ -15,8 +15,8 @@ from gptmini.core.config import ConfigError
 from gptmini.core.device import Distributed, pick_dtype
 from gptmini.data.tokenizers import CharTokenizer
 from gptmini.model import GPT
+from gptmini.tracking.runs import mlflow_run
 from gptmini.training.resume import ResumeStore, fingerprint
-from gptmini.training.tracking import mlflow_run
 from gptmini.training.trainer import NonFiniteLoss, Trainer
 
 
@@ -277,7 +277,7 @@ def test_the_train_stage_refuses_a_context_longer_than_a_split(tmp_path):
 def test_a_resumed_run_does_not_send_metrics_mlflow_already_has(tmp_path, monkeypatch):
     """A crash after the metrics of steps 0-24 were sent but before the state of step 25 was
     saved resumes from step 0 (say): those steps must not reach MLflow twice."""
-    from gptmini.training.tracking import MetricBuffer
+    from gptmini.tracking.metrics import MetricBuffer
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'm.db'}")
     monkeypatch.chdir(tmp_path)
@@ -295,7 +295,8 @@ def test_a_resumed_run_does_not_send_metrics_mlflow_already_has(tmp_path, monkey
 
 
 def test_a_run_id_from_another_store_is_replaced_for_the_later_stages(tmp_path, monkeypatch):
-    from gptmini.training.tracking import pipeline_run, read_run_id, write_run_id
+    from gptmini.tracking.run_id import read_run_id, write_run_id
+    from gptmini.tracking.runs import pipeline_run
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'm.db'}")
     monkeypatch.chdir(tmp_path)

@@ -27,24 +27,13 @@ from __future__ import annotations
 
 import torch
 
-# Vocabularies up to this size go through the plain head, exactly as before this module
-# existed, so the char model's numbers (65 symbols) do not move by a bit. Below ~1k the
-# logits (32 x 256 x 1024 floats at most, 34 MB) are small next to the activations the
-# rest of a step keeps (~12k floats per position for the seed model), so chunking would
-# only add a Python loop; above it they dominate a step (gpt2: 50,257).
+# The sizes below, and the measurements behind them: docs/speed.md#the-chunked-output-heads-sizes
+# Up to this vocabulary the plain head, bit for bit as before (the char model's numbers).
 PLAIN_HEAD_MAX_VOCAB = 1024
-
-# Positions whose logits one matmul makes, into one buffer reused for every chunk: 1,024 x
-# 50,257 in bf16 is 103 MB (the plain head: 0.8 GB, a 1.6 GB float32 copy, and gradients
-# of as much). Each chunk adds a whole (V, C) partial weight gradient into the float32
-# accumulator (a conversion and an addition of 6.4M numbers for gpt2), so chunks of 64
-# positions spent about as long on those additions as on their softmax; with 1,024 a
-# batch of 8,192 positions makes 8 of them, a few percent of the head
-# (benchmarks/head_speed.py --chunks 256,512 compares).
+# Positions whose logits one matmul makes: few enough chunks that adding their partial
+# weight gradients costs a few percent of the head.
 CHUNK = 1024
-# Positions whose softmax is taken at once in float32 within a chunk: 64 x 50,257 floats
-# (13 MB) stay in cache from the softmax to its conversion to bf16; 128 rows and more at
-# once measured about 4x slower per element on the development CPU.
+# Positions whose float32 softmax is taken at once: small enough to stay in cache.
 PIECE = 64
 
 

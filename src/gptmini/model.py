@@ -135,6 +135,12 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
+def window_keep(block_size: int) -> int:
+    """The tokens generation keeps when its context is full: the last 3/4 of the window, so
+    that one prefill buys a quarter of a window of single-token steps."""
+    return max(1, 3 * block_size // 4)
+
+
 class GPT(nn.Module):
     """`cfg` is the `model` section of params.yaml; the vocabulary size comes from the
     tokenizer. The checkpoint stores both and rebuilds the model from them."""
@@ -145,8 +151,7 @@ class GPT(nn.Module):
         self.n_layer = cfg.n_layer
         self.n_head = cfg.n_head
         self.head_size = cfg.n_embd // cfg.n_head
-        # When the cache is full, generation restarts it from the last 3/4 of the window.
-        self.window_keep = max(1, 3 * cfg.block_size // 4)
+        self.window_keep = window_keep(cfg.block_size)
         self.wte = nn.Embedding(vocab_size, cfg.n_embd)
         self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
         self.drop = Dropout(cfg.dropout)

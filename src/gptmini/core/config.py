@@ -86,12 +86,6 @@ class ModelConfig(_Strict):
         "attention off its fused kernel: about 1.8x the step time)"))
     bias: bool
 
-    @classmethod
-    def saved(cls, config: dict[str, Any]) -> ModelConfig:
-        """The config stored in a checkpoint or an export. Those saved before attn_dropout
-        existed applied `dropout` to the attention probabilities too."""
-        return cls(**{"attn_dropout": config.get("dropout", 0.0), **config})
-
     @model_validator(mode="after")
     def _heads_divide(self) -> ModelConfig:
         if self.n_embd % self.n_head:
@@ -166,7 +160,8 @@ class Params(_Strict):
         return self.model_dump()
 
     def recipe(self) -> dict[str, dict[str, Any]]:
-        """What a training run records as its params: every section but evaluate's."""
+        """What a training run records as its params and resumes on: every section but
+        evaluate's (they do not change training, so a run resumes across changes to them)."""
         return {k: v for k, v in self.to_dict().items() if k != "evaluate"}
 
     def train_steps(self, train_chars: int, train_tokens: int) -> int:

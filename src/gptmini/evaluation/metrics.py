@@ -72,9 +72,8 @@ def _windows_in_batches(model: torch.nn.Module, tokens: np.ndarray, batch_size: 
 
 def _plain_head(model: torch.nn.Module) -> bool:
     """Whether to score through the full logits, as the model's own training loss does for
-    its vocabulary (`gptmini.head.chunked_head`); an export made before the chunked head
-    (no `hidden` method) is scored that way too."""
-    return not chunked_head(model.lm_head.weight.size(0)) or not hasattr(model, "hidden")
+    its vocabulary (`gptmini.head.chunked_head`)."""
+    return not chunked_head(model.lm_head.weight.size(0))
 
 
 def _scores(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, reduction: str

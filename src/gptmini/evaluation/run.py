@@ -16,8 +16,9 @@ from gptmini.data.tokenizers import from_definition
 from gptmini.data.tokens import load_tokens
 from gptmini.evaluation.metrics import evaluate_tokens
 from gptmini.report import metrics_line
+from gptmini.tracking.runs import pipeline_run
+from gptmini.tracking.tags import flatten
 from gptmini.training.checkpoint import load_checkpoint, model_from_checkpoint
-from gptmini.training.tracking import flatten, pipeline_run
 
 
 def evaluate(params: Params) -> dict[str, float]:

@@ -131,7 +131,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_runs(args: argparse.Namespace) -> int:
     from gptmini.core.config import load_params
     from gptmini.serving.runs import format_table, plot_runs, runs_table, ui_url
-    from gptmini.training.tracking import DEFAULT_EXPERIMENT, EXPERIMENT_ENV, tracking_uri
+    from gptmini.tracking.store import DEFAULT_EXPERIMENT, EXPERIMENT_ENV, tracking_uri
 
     experiment = args.experiment or os.environ.get(EXPERIMENT_ENV) or DEFAULT_EXPERIMENT
     uri = args.tracking_uri or tracking_uri()
@@ -156,12 +156,9 @@ def cmd_runs(args: argparse.Namespace) -> int:
 def cmd_mlflow_sync(args: argparse.Namespace) -> int:
     from gptmini.core import paths
     from gptmini.core.env import project_root
-    from gptmini.training.tracking import (
-        Outbox,
-        bound_http_requests,
-        first_line,
-        unreachable_errors,
-    )
+    from gptmini.core.errors import first_line
+    from gptmini.tracking.outbox import Outbox
+    from gptmini.tracking.store import bound_http_requests, unreachable_errors
 
     outbox = Outbox(args.outbox or project_root() / paths.MLFLOW_OUTBOX)
     if not outbox.path.exists():

@@ -14,15 +14,17 @@ import shutil
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from gptmini.core.atomic import atomic_dir
+from gptmini.core.errors import first_line
 from gptmini.core.hashing import weights_sha256
 from gptmini.data.tokenizers import Tokenizer, from_definition
-from gptmini.model import GPT, sample_next, seeded_generator
+from gptmini.model import GPT, sample_next, seeded_generator, window_keep
 from gptmini.report import describe_model, describe_tokenizer, metrics_line, metrics_markdown
 from gptmini.training.checkpoint import load_checkpoint, model_from_checkpoint
 
@@ -292,7 +294,7 @@ class ProgramGenerator:
                  decode: torch.export.ExportedProgram, block_size: int) -> None:
         self._prefill, self._decode = graph_runner(prefill), graph_runner(decode)
         self.block_size = block_size
-        self.window_keep = max(1, 3 * block_size // 4)  # as GPT.window_keep
+        self.window_keep = window_keep(block_size)
         self.device = torch.device("cpu")
 
     def prefill(self, idx: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor],
@@ -326,34 +328,41 @@ class ProgramGenerator:
 
 @dataclass
 class LoadedExport:
-    """`model` is model.ts (scoring, and generation for exports without the programs);
-    `programs` the torch.export generation steps, which the CLI and the app prefer."""
+    """`model` is model.ts (scoring); `programs` the torch.export generation steps."""
 
     directory: Path
     model: torch.jit.ScriptModule
     tokenizer: Tokenizer
     record: dict[str, Any]
-    programs: ProgramGenerator | None = None
+    programs: ProgramGenerator
 
     @property
     def block_size(self) -> int:
         return int(self.model.block_size)
 
+    @cached_property
     def eager_model(self) -> GPT:
         """The model as an eager GPT (the record's configuration, model.ts's weights), for
-        what the export does not carry (the attention maps)."""
+        what the export does not carry (the attention maps); built on first use."""
         from gptmini.core.config import ModelConfig
 
         config = dict(self.record["model"]["config"])
-        vocab_size = config.pop("vocab_size", self.tokenizer.vocab_size)
-        model = GPT(ModelConfig.saved(config), vocab_size)
+        vocab_size = config.pop("vocab_size")
+        model = GPT(ModelConfig(**config), vocab_size)
         model.load_state_dict(self.model.state_dict())
         return model.eval()
 
     @property
-    def generation_model(self) -> ProgramGenerator | torch.jit.ScriptModule:
-        """What generates: the torch.export programs when the export has them."""
-        return self.programs if self.programs is not None else self.model
+    def generation_model(self) -> ProgramGenerator:
+        """What the CLI and the app generate with."""
+        return self.programs
+
+
+def _require(directory: Path, *names: str) -> None:
+    for name in names:
+        if not (directory / name).is_file():
+            raise ExportError(f"{directory}/ has no {name}: not a complete export; run the "
+                              "export stage again (dvc repro)")
 
 
 def load_export(export_dir: str | Path) -> LoadedExport:
@@ -362,16 +371,12 @@ def load_export(export_dir: str | Path) -> LoadedExport:
     if not directory.is_dir():
         raise ExportError(f"no export at {directory}/: run the pipeline (dvc repro) or "
                           "point --export-dir at an export directory")
-    for name in (MODEL_FILE, TOKENIZER_FILE, METRICS_FILE):
-        if not (directory / name).is_file():
-            raise ExportError(f"{directory}/ has no {name}: not a complete export; run the "
-                              "export stage again (dvc repro)")
+    _require(directory, MODEL_FILE, TOKENIZER_FILE, METRICS_FILE)
     try:
         model = torch.jit.load(str(directory / MODEL_FILE), map_location="cpu").eval()
     except (RuntimeError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ExportError(f"{directory / MODEL_FILE} is not a TorchScript model: {first}"
-                          ) from None
+        raise ExportError(f"{directory / MODEL_FILE} is not a TorchScript model: "
+                          f"{first_line(exc)}") from None
     if not hasattr(model, "generate"):
         raise ExportError(f"{directory / MODEL_FILE} was exported before generation was "
                           "added: run the export stage again (dvc repro)")
@@ -395,11 +400,9 @@ def load_export(export_dir: str | Path) -> LoadedExport:
     return LoadedExport(directory, model, tokenizer, record, _load_programs(directory, model))
 
 
-def _load_programs(directory: Path, model: torch.jit.ScriptModule) -> ProgramGenerator | None:
-    """The generation programs of an export that has them (exports made before they were
-    added generate with model.ts)."""
-    if not all((directory / name).is_file() for name in (PREFILL_FILE, DECODE_FILE)):
-        return None
+def _load_programs(directory: Path, model: torch.jit.ScriptModule) -> ProgramGenerator:
+    """The export's generation programs (prefill.pt2, decode.pt2)."""
+    _require(directory, PREFILL_FILE, DECODE_FILE)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -407,8 +410,7 @@ def _load_programs(directory: Path, model: torch.jit.ScriptModule) -> ProgramGen
             decode = torch.export.load(directory / DECODE_FILE)
     except Exception as exc:  # torch.export.load raises many kinds; say which file, in a line
         raise ExportError(f"{directory}/: cannot load the torch.export programs: "
-                          f"{str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}"
-                          ) from None
+                          f"{first_line(exc)}") from None
     return ProgramGenerator(prefill, decode, int(model.block_size))
 
 

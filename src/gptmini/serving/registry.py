@@ -22,6 +22,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from gptmini.core.errors import first_line
 from gptmini.serving.export import MLFLOW_ARTIFACT, ExportError, LoadedExport, load_export
 
 REGISTERED_MODEL = "gptmini"
@@ -132,7 +133,7 @@ def export_stage(params: Any = None) -> dict[str, Any]:
     from gptmini.core import paths
     from gptmini.report import describe_model
     from gptmini.serving.export import METRICS_FILE, export
-    from gptmini.training.tracking import pipeline_run
+    from gptmini.tracking.runs import pipeline_run
 
     record = export(paths.CHECKPOINT, paths.EVALUATE_METRICS, paths.EXPORT_DIR,
                     train_log=paths.TRAIN_LOG, eval_log=paths.EVAL_LOG)
@@ -158,7 +159,7 @@ def load_model(source: str | Path) -> LoadedExport:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from gptmini.training.tracking import tracking_uri
+    from gptmini.tracking.store import tracking_uri
 
     mlflow.set_tracking_uri(tracking_uri())
     target = Path(tempfile.mkdtemp(prefix="gptmini-model-"))
@@ -167,8 +168,8 @@ def load_model(source: str | Path) -> LoadedExport:
         local = mlflow.artifacts.download_artifacts(artifact_uri=str(source),
                                                     dst_path=str(target))
     except MlflowException as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ExportError(f"cannot load {source} from {tracking_uri()}: {first}") from None
+        raise ExportError(f"cannot load {source} from {tracking_uri()}: {first_line(exc)}"
+                          ) from None
     directory = Path(local) / "artifacts" / MLFLOW_ARTIFACT
     if not directory.is_dir():
         raise ExportError(f"{source} is not a GPT-Mini model (it has no "

@@ -122,7 +122,7 @@ def is_recipe(frame: Any, params: Any) -> Any:
     the training stage logs from params.yaml, as MLflow stores them: str())."""
     import pandas as pd
 
-    from gptmini.training.tracking import flatten
+    from gptmini.tracking.tags import flatten
 
     match = pd.Series(True, index=frame.index)
     for key, value in flatten(params.recipe()).items():

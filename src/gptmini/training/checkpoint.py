@@ -33,6 +33,6 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dic
 
 
 def model_from_checkpoint(ckpt: dict[str, Any]) -> GPT:
-    model = GPT(ModelConfig.saved(ckpt["model_config"]), ckpt["tokenizer"]["vocab_size"])
+    model = GPT(ModelConfig(**ckpt["model_config"]), ckpt["tokenizer"]["vocab_size"])
     model.load_state_dict(ckpt["model"])
     return model.eval()

@@ -14,7 +14,7 @@ import json
 import pickle
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -30,6 +30,13 @@ def fingerprint(config: dict[str, Any], files: list[Path]) -> str:
     for path in files:
         digest.update(sha256_file(path).encode())
     return digest.hexdigest()
+
+
+class SavedState(NamedTuple):
+    """What a resumed run starts from: the trainer's state and the MLflow run it logs to."""
+
+    state: dict[str, Any]
+    run_id: str | None
 
 
 class ResumeStore:
@@ -48,8 +55,8 @@ class ResumeStore:
         if self.dist.world_size > 1:
             dist.barrier()
 
-    def load(self) -> tuple[dict[str, Any], str | None] | None:
-        """(trainer state, MLflow run id) of the last complete save, or None: when there is
+    def load(self) -> SavedState | None:
+        """The last complete save, or None: when there is
         none, and when the saved state cannot be this run's (other params or data, another
         number of processes, an unreadable manifest, a missing or truncated state file).
         Each refusal is one line on stdout and a fresh start; the next save replaces the
@@ -68,11 +75,11 @@ class ResumeStore:
                 print(f"{self.dir}: {reason}; starting over (delete {self.dir} to discard "
                       f"it by hand)")
             return None
-        self.saved_step = loaded[0]["step"]
+        self.saved_step = loaded.state["step"]
         return loaded
 
-    def _read(self) -> tuple[tuple[dict[str, Any], str | None] | None, str | None]:
-        """(state, run id) or None, and why not."""
+    def _read(self) -> tuple[SavedState | None, str | None]:
+        """The saved state or None, and why not."""
         try:
             manifest = json.loads(self.manifest.read_text())
         except FileNotFoundError:
@@ -97,7 +104,7 @@ class ResumeStore:
             return None, f"{path.name} is truncated or corrupt ({type(exc).__name__})"
         if not isinstance(state, dict) or state.get("step") != step:
             return None, f"{path.name} does not hold the state of step {step}"
-        return (state, manifest.get("run_id")), None
+        return SavedState(state, manifest.get("run_id")), None
 
     def save(self, state: dict[str, Any], run_id: str | None) -> None:
         step = state["step"]

@@ -9,6 +9,7 @@ export_stage`: this export, then the MLflow Model made of it.
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import warnings
@@ -24,6 +25,7 @@ from gptmini.core.hashing import weights_sha256
 from gptmini.data.tokenizers import Tokenizer, from_definition
 from gptmini.model import GPT, sample_next, seeded_generator
 from gptmini.report import describe_model, describe_tokenizer, metrics_line, metrics_markdown
+from gptmini.serving.steps import example_prompt, program, step_programs
 from gptmini.training.checkpoint import load_checkpoint, model_from_checkpoint
 
 MODEL_FILE = "model.ts"
@@ -131,65 +133,14 @@ def readme(record: dict[str, Any]) -> str:
     return (f"{USAGE}\n## This model\n\n{describe_model(record)}.\n\n{scored}")
 
 
-class Prefill(torch.nn.Module):
-    """ids (B, T) -> the next-token logits (B, V) and the cache of their keys and values,
-    (n_layer, 2, B, n_head, T, head_size): GPT.forward_cached from position 0."""
-
-    def __init__(self, model: GPT) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        m = self.model
-        cache = torch.zeros(m.n_layer, 2, idx.size(0), m.n_head, idx.size(1), m.head_size,
-                            dtype=m.wte.weight.dtype, device=idx.device)
-        return m.forward_cached(idx, cache, 0), cache
-
-
-class Decode(torch.nn.Module):
-    """One token (B, 1) after the cache of positions 0..P-1 -> its next-token logits and
-    the cache grown to P + 1 positions: GPT.forward_cached at position P. The cache is a
-    value (the program returns the new one): its length is the position, so a program with
-    a dynamic length serves every position."""
-
-    def __init__(self, model: GPT) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, next_id: torch.Tensor, cache: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        position = cache.size(4)
-        slot = cache.new_zeros(cache.shape[:4] + (1, cache.size(5)))
-        cache = torch.cat([cache, slot], dim=4)
-        return self.model.forward_cached(next_id, cache, position), cache
-
-
-def _program(module: torch.nn.Module, example: tuple[torch.Tensor, ...],
-             dynamic_shapes: dict[str, Any]) -> torch.export.ExportedProgram:
-    """torch.export of `module`; the nodes' stack traces (absolute paths of this checkout's
-    files) are left out."""
-    program = torch.export.export(module, example, dynamic_shapes=dynamic_shapes)
-    for node in program.graph_module.graph.nodes:
-        node.meta.pop("stack_trace", None)
-    return program
-
-
 def export_programs(model: GPT) -> dict[str, torch.export.ExportedProgram]:
-    """The forward pass and the two generation steps as torch.export programs, by file name:
-    the batch, the sequence length and the cache length are dynamic (example sizes of 2 and
-    more, since torch.export fixes a dimension it sees at size 1)."""
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    seq = torch.export.Dim("seq", min=1, max=model.block_size)
-    past = torch.export.Dim("past", min=1, max=model.block_size - 1)
-    ids = torch.zeros(2, max(2, min(8, model.block_size)), dtype=torch.long)
-    cache = torch.zeros(model.n_layer, 2, 2, model.n_head, max(2, min(8, model.block_size - 1)),
-                        model.head_size, dtype=model.wte.weight.dtype)
-    return {
-        PROGRAM_FILE: _program(model, (ids,), {"idx": {0: batch, 1: seq}}),
-        PREFILL_FILE: _program(Prefill(model), (ids,), {"idx": {0: batch, 1: seq}}),
-        DECODE_FILE: _program(Decode(model), (ids[:, :1], cache),
-                              {"next_id": {0: batch}, "cache": {2: batch, 4: past}}),
-    }
+    """The forward pass and the two generation steps (gptmini.serving.steps) as torch.export
+    programs, by file name: the batch, the sequence length and the cache length are
+    dynamic."""
+    ids, ids_shape = example_prompt(model)
+    prefill, decode = step_programs(model)
+    return {PROGRAM_FILE: program(model, (ids,), {"idx": ids_shape}),
+            PREFILL_FILE: prefill, DECODE_FILE: decode}
 
 
 def reproducible_archive(data: bytes) -> bytes:
@@ -235,6 +186,7 @@ def export(checkpoint: str | Path, metrics_json: str | Path, out_dir: str | Path
     README.md and the Hugging Face folder hf/ to `out_dir`, and copies of the training logs
     when given and present."""
     from gptmini.serving.hf import write_hf_folder  # imports transformers only when called
+    from gptmini.serving.onnx_engine import write_onnx  # imports onnx only when called
 
     ckpt = load_checkpoint(checkpoint)
     model = model_from_checkpoint(ckpt)
@@ -252,6 +204,7 @@ def export(checkpoint: str | Path, metrics_json: str | Path, out_dir: str | Path
             _save_archive(torch.jit.save, scripted, tmp / MODEL_FILE)
         for name, program in programs.items():
             _save_archive(torch.export.save, program, tmp / name)
+        write_onnx(model, tmp)
         (tmp / TOKENIZER_FILE).write_text(json.dumps(ckpt["tokenizer"], indent=2) + "\n")
         (tmp / METRICS_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
         (tmp / "README.md").write_text(readme(record))
@@ -288,9 +241,13 @@ class ProgramGenerator:
     extend / sample / new_generator steps as GPT, so the same seed gives the same tokens.
     Its cache is a one-element list holding the programs' latest cache tensor."""
 
-    def __init__(self, prefill: torch.export.ExportedProgram,
-                 decode: torch.export.ExportedProgram, block_size: int) -> None:
-        self._prefill, self._decode = graph_runner(prefill), graph_runner(decode)
+    def __init__(self, prefill: torch.export.ExportedProgram | Callable[..., Any],
+                 decode: torch.export.ExportedProgram | Callable[..., Any],
+                 block_size: int) -> None:
+        # Programs, or functions of the same inputs and outputs (another engine's steps).
+        self._prefill, self._decode = (
+            graph_runner(step) if isinstance(step, torch.export.ExportedProgram) else step
+            for step in (prefill, decode))
         self.block_size = block_size
         self.window_keep = max(1, 3 * block_size // 4)  # as GPT.window_keep
         self.device = torch.device("cpu")
@@ -326,14 +283,15 @@ class ProgramGenerator:
 
 @dataclass
 class LoadedExport:
-    """`model` is model.ts (scoring, and generation for exports without the programs);
-    `programs` the torch.export generation steps, which the CLI and the app prefer."""
+    """`model` is model.ts (scoring); `programs` the torch.export generation steps;
+    `generation_model` what the CLI, the app and the pyfunc generate with."""
 
     directory: Path
     model: torch.jit.ScriptModule
     tokenizer: Tokenizer
     record: dict[str, Any]
     programs: ProgramGenerator | None = None
+    engine: str = "auto"  # what generates (gptmini.serving.engines.CHOICES)
 
     @property
     def block_size(self) -> int:
@@ -350,10 +308,12 @@ class LoadedExport:
         model.load_state_dict(self.model.state_dict())
         return model.eval()
 
-    @property
-    def generation_model(self) -> ProgramGenerator | torch.jit.ScriptModule:
-        """What generates: the torch.export programs when the export has them."""
-        return self.programs if self.programs is not None else self.model
+    @functools.cached_property
+    def generation_model(self) -> Any:
+        """What generates: `engine`'s model (gptmini.serving.engines), made on first use."""
+        from gptmini.serving.engines import load_generator
+
+        return load_generator(self, self.engine)
 
 
 def load_export(export_dir: str | Path) -> LoadedExport:

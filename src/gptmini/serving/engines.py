@@ -1,0 +1,60 @@
+"""Which engine generates: the one choice the CLI, the app and the MLflow pyfunc share.
+
+    onnx         prefill.onnx + decode.onnx on ONNX Runtime (needs `onnxruntime`)
+    export       prefill.pt2 + decode.pt2, the torch.export programs
+    torchscript  model.ts's own methods
+    eager        the GPT rebuilt from model.ts's weights
+
+"auto" takes the first of those the export and the installed packages allow: the fastest
+(docs/speed.md). All run the library's loop and sampling, so a seed gives the same tokens.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gptmini.serving.export import LoadedExport
+
+ENGINES = ("onnx", "export", "torchscript", "eager")  # fastest first
+CHOICES = ("auto", *ENGINES)
+
+
+def available_engines(exported: LoadedExport) -> list[str]:
+    """The engines this export can run here, fastest first."""
+    from gptmini.serving.onnx_engine import has_onnx
+
+    found = []
+    if has_onnx(exported.directory) and importlib.util.find_spec("onnxruntime") is not None:
+        found.append("onnx")
+    if exported.programs is not None:
+        found.append("export")
+    return [*found, "torchscript", "eager"]
+
+
+def load_generator(exported: LoadedExport, engine: str = "auto") -> Any:
+    """The generation model of `engine` (or the fastest available for "auto"): anything
+    `gptmini.serving.generation.token_stream` runs. An engine the export or this
+    installation lacks is an ExportError that says why."""
+    from gptmini.serving.export import ExportError
+
+    if engine not in CHOICES:
+        raise ExportError(f"unknown engine {engine!r}: one of {', '.join(CHOICES)}")
+    available = available_engines(exported)
+    if engine == "auto":
+        engine = available[0]
+    elif engine not in available:
+        need = ("prefill.onnx and decode.onnx in the export, and onnxruntime installed"
+                if engine == "onnx" else "prefill.pt2 and decode.pt2 in the export")
+        raise ExportError(f"engine {engine!r} is not available: it needs {need} "
+                          f"(available: {', '.join(available)})")
+    if engine == "onnx":
+        from gptmini.serving.onnx_engine import OnnxGenerator
+
+        return OnnxGenerator(exported.directory, exported.block_size)
+    if engine == "export":
+        return exported.programs
+    if engine == "torchscript":
+        return exported.model
+    return exported.eager_model()

@@ -166,8 +166,9 @@ def test_export_holds_the_training_logs_and_a_readme(tmp_path):
 
     tiny = build_tiny_export(tmp_path / "tiny")
     names = sorted(p.name for p in tiny.directory.iterdir())
-    assert names == ["README.md", "decode.pt2", "eval_log.csv", "evaluation_metrics.json", "hf",
-                     "model.pt2", "model.ts", "prefill.pt2", "tokenizer.json", "train_log.csv"]
+    assert names == ["README.md", "decode.onnx", "decode.pt2", "eval_log.csv",
+                     "evaluation_metrics.json", "hf", "model.pt2", "model.ts", "prefill.onnx",
+                     "prefill.pt2", "tokenizer.json", "train_log.csv"]
     readme = (tiny.directory / "README.md").read_text()
     assert readme.startswith(USAGE) and "model.generate(" in readme
     record = json.loads((tiny.directory / "evaluation_metrics.json").read_text())

@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from conftest import REPO
-from gptmini.serving.engines import ENGINES, load_generator
-from gptmini.serving.export import ExportError, ProgramGenerator, load_export
+from gptmini.serving.engines import ENGINES, EngineError, load_generator
+from gptmini.serving.export import load_export
 from gptmini.serving.generation import Sampling, token_stream
 from gptmini.serving.onnx_engine import DECODE_ONNX, PREFILL_ONNX, OnnxGenerator
-from gptmini.serving.steps import cached_forward
+from gptmini.serving.steps import ProgramGenerator, cached_forward
 from tiny_export import build_tiny_export
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -67,9 +67,9 @@ def test_an_engine_the_export_lacks_is_one_line(tiny, tmp_path):
     (copy / DECODE_ONNX).unlink()
     exported = load_export(copy)
     assert not isinstance(exported.generation_model, OnnxGenerator)  # auto: the next fastest
-    with pytest.raises(ExportError, match="engine 'onnx' is not available.*decode.onnx"):
+    with pytest.raises(EngineError, match="engine 'onnx' is not available.*decode.onnx"):
         load_generator(exported, "onnx")
-    with pytest.raises(ExportError, match="unknown engine 'tensorrt'"):
+    with pytest.raises(EngineError, match="unknown engine 'tensorrt'"):
         load_generator(exported, "tensorrt")
 
 

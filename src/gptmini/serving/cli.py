@@ -308,12 +308,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     resolve_path_variables()
     args = build_parser().parse_args(argv)
     from gptmini.data.text import InputError
+    from gptmini.serving.engines import EngineError
     from gptmini.serving.export import ExportError
     from gptmini.serving.runs import RunsError
 
     try:
         return args.func(args)
-    except (CliError, ExportError, InputError, RunsError) as exc:
+    except (CliError, EngineError, ExportError, InputError, RunsError) as exc:
         sys.stdout.flush()
         print(f"error: {exc}", file=sys.stderr)
         return 2

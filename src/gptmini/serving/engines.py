@@ -12,16 +12,18 @@
 from __future__ import annotations
 
 import importlib.util
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from gptmini.serving.export import LoadedExport
+from typing import Any
 
 ENGINES = ("onnx", "export", "torchscript", "eager")  # fastest first
 CHOICES = ("auto", *ENGINES)
 
 
-def available_engines(exported: LoadedExport) -> list[str]:
+class EngineError(RuntimeError):
+    """An engine that is unknown, or that the export or this installation lacks: one line.
+    (Not an ExportError: gptmini.serving.export imports this module, not the reverse.)"""
+
+
+def available_engines(exported: Any) -> list[str]:
     """The engines this export can run here, fastest first."""
     from gptmini.serving.onnx_engine import has_onnx
 
@@ -33,21 +35,19 @@ def available_engines(exported: LoadedExport) -> list[str]:
     return [*found, "torchscript", "eager"]
 
 
-def load_generator(exported: LoadedExport, engine: str = "auto") -> Any:
-    """The generation model of `engine` (or the fastest available for "auto"): anything
-    `gptmini.serving.generation.token_stream` runs. An engine the export or this
-    installation lacks is an ExportError that says why."""
-    from gptmini.serving.export import ExportError
-
+def load_generator(exported: Any, engine: str = "auto") -> Any:
+    """The generation model of `engine` (or the fastest available for "auto") for a
+    gptmini.serving.export.LoadedExport: anything `gptmini.serving.generation.token_stream`
+    runs. An engine the export or this installation lacks is an EngineError that says why."""
     if engine not in CHOICES:
-        raise ExportError(f"unknown engine {engine!r}: one of {', '.join(CHOICES)}")
+        raise EngineError(f"unknown engine {engine!r}: one of {', '.join(CHOICES)}")
     available = available_engines(exported)
     if engine == "auto":
         engine = available[0]
     elif engine not in available:
         need = ("prefill.onnx and decode.onnx in the export, and onnxruntime installed"
                 if engine == "onnx" else "prefill.pt2 and decode.pt2 in the export")
-        raise ExportError(f"engine {engine!r} is not available: it needs {need} "
+        raise EngineError(f"engine {engine!r} is not available: it needs {need} "
                           f"(available: {', '.join(available)})")
     if engine == "onnx":
         from gptmini.serving.onnx_engine import OnnxGenerator

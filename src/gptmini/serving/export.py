@@ -13,7 +13,6 @@ import functools
 import json
 import shutil
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,9 +22,9 @@ import torch
 from gptmini.core.atomic import atomic_dir
 from gptmini.core.hashing import weights_sha256
 from gptmini.data.tokenizers import Tokenizer, from_definition
-from gptmini.model import GPT, sample_next, seeded_generator
+from gptmini.model import GPT
 from gptmini.report import describe_model, describe_tokenizer, metrics_line, metrics_markdown
-from gptmini.serving.steps import example_prompt, program, step_programs
+from gptmini.serving.steps import ProgramGenerator, example_prompt, program, step_programs
 from gptmini.training.checkpoint import load_checkpoint, model_from_checkpoint
 
 MODEL_FILE = "model.ts"
@@ -95,6 +94,24 @@ for _ in range(200):
     else:
         window = window[:, -keep:]
         logits, cache = prefill(window)
+print(decode(new_ids))
+```
+
+`prefill.onnx` and `decode.onnx` are the same two steps as ONNX graphs for ONNX Runtime
+(`pip install onnxruntime`), the cache one key and one value a layer (`past_key_0`,
+`past_value_0`, ... in; `present_key_0`, ... out), batch and lengths dynamic:
+
+```python
+import onnxruntime as ort
+prefill = ort.InferenceSession("prefill.onnx")
+step = ort.InferenceSession("decode.onnx")
+past_names = [i.name for i in step.get_inputs()[1:]]
+logits, *cache = prefill.run(None, {"ids": ids.numpy()})
+new_ids = []
+for _ in range(200):                          # within the context, as above
+    next_id = logits.argmax(-1)[:, None]
+    new_ids.append(int(next_id[0, 0]))
+    logits, *cache = step.run(None, {"next_id": next_id, **dict(zip(past_names, cache))})
 print(decode(new_ids))
 ```
 
@@ -219,68 +236,6 @@ class ExportError(RuntimeError):
     """The export directory is missing, incomplete or not usable, said in one line."""
 
 
-def graph_runner(program: torch.export.ExportedProgram) -> Callable[..., Any]:
-    """A function of the program's user inputs that runs its graph directly on its weights.
-    (`program.module()` adds per-call input checks and an attribute lookup per weight that
-    cost several times the compute of one token of a small model; the loop in
-    `ProgramGenerator` only makes inputs the programs accept.)"""
-    from torch.export.graph_signature import InputKind
-
-    state = {**program.state_dict, **program.constants}
-    specs = program.graph_signature.input_specs
-    lifted = [state[spec.target] for spec in specs if spec.kind != InputKind.USER_INPUT]
-    if any(spec.kind != InputKind.USER_INPUT for spec in specs[len(lifted):]):
-        raise ExportError("unexpected torch.export program: weights after the inputs")
-    forward = program.graph_module.forward
-    return lambda *inputs: forward(*lifted, *inputs)
-
-
-class ProgramGenerator:
-    """KV-cache generation on the export's torch.export programs (prefill.pt2, decode.pt2)
-    with the Python loop of `gptmini.serving.generation.token_stream`: the same prefill /
-    extend / sample / new_generator steps as GPT, so the same seed gives the same tokens.
-    Its cache is a one-element list holding the programs' latest cache tensor."""
-
-    def __init__(self, prefill: torch.export.ExportedProgram | Callable[..., Any],
-                 decode: torch.export.ExportedProgram | Callable[..., Any],
-                 block_size: int) -> None:
-        # Programs, or functions of the same inputs and outputs (another engine's steps).
-        self._prefill, self._decode = (
-            graph_runner(step) if isinstance(step, torch.export.ExportedProgram) else step
-            for step in (prefill, decode))
-        self.block_size = block_size
-        self.window_keep = max(1, 3 * block_size // 4)  # as GPT.window_keep
-        self.device = torch.device("cpu")
-
-    def prefill(self, idx: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor],
-                                                  torch.Tensor]:
-        if idx.size(1) == 0:
-            raise ValueError("generation needs at least one token to start from")
-        window = idx[:, -self.block_size:]
-        logits, cache = self._prefill(window)
-        return logits, [cache], window
-
-    def extend(self, window: torch.Tensor, cache: list[torch.Tensor], next_id: torch.Tensor
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-        """As GPT.extend: one token while the window has room, else the last window_keep
-        tokens prefilled again."""
-        pos = window.size(1)
-        window = torch.cat([window, next_id], dim=1)
-        if pos < self.block_size:
-            logits, cache[0] = self._decode(next_id, cache[0])
-            return logits, window
-        window = window[:, -self.window_keep:]
-        logits, cache[0] = self._prefill(window)
-        return logits, window
-
-    def sample(self, logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
-               generator: torch.Generator | None) -> torch.Tensor:
-        return sample_next(logits, temperature, top_k, top_p, generator)
-
-    def new_generator(self, seed: int) -> torch.Generator | None:
-        return seeded_generator(seed, self.device)
-
-
 @dataclass
 class LoadedExport:
     """`model` is model.ts (scoring); `programs` the torch.export generation steps;
@@ -388,6 +343,8 @@ def describe(exported: LoadedExport) -> str:
         PROGRAM_FILE: "torch.export program of forward (dynamic batch and sequence length)",
         PREFILL_FILE: "torch.export program: prompt -> logits, KV cache (generation)",
         DECODE_FILE: "torch.export program: one token, KV cache -> logits, KV cache",
+        "prefill.onnx": "ONNX graph (ONNX Runtime): prompt -> logits, KV cache",
+        "decode.onnx": "ONNX graph (ONNX Runtime): one token, KV cache -> logits, KV cache",
         TOKENIZER_FILE: f"tokenizer: {describe_tokenizer(exported.tokenizer.definition())}",
         METRICS_FILE: "validation metrics, model configuration, weights sha256",
         TRAIN_LOG_FILE: "training loss by step",

@@ -21,8 +21,7 @@ from typing import Any
 import torch
 
 from gptmini.model import GPT
-from gptmini.serving.export import ProgramGenerator
-from gptmini.serving.steps import step_programs
+from gptmini.serving.steps import ProgramGenerator, step_programs
 
 PREFILL_ONNX = "prefill.onnx"
 DECODE_ONNX = "decode.onnx"

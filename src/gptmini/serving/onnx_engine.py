@@ -95,16 +95,18 @@ class OnnxGenerator(ProgramGenerator):
                     for name in (PREFILL_ONNX, DECODE_ONNX)]
         as_value = ort.OrtValue.ortvalue_from_numpy
 
-        def step(session: Any, ids: torch.Tensor, past: tuple[Any, ...] = ()
+        # Names looked up once: a session builds new objects for them on every call.
+        names = [([arg.name for arg in session.get_inputs()],
+                  [arg.name for arg in session.get_outputs()]) for session in sessions]
+
+        def step(which: int, ids: torch.Tensor, past: tuple[Any, ...] = ()
                  ) -> tuple[torch.Tensor, tuple[Any, ...]]:
             # Token ids go in as numpy views of the torch tensors; logits come back as a
             # torch tensor on the output's memory; the cache stays ONNX Runtime values.
-            inputs = (as_value(ids.contiguous().numpy()), *past)
-            feeds = {arg.name: value
-                     for arg, value in zip(session.get_inputs(), inputs, strict=True)}
-            logits, *cache = session.run_with_ort_values(
-                [out.name for out in session.get_outputs()], feeds)
+            inputs, outputs = names[which]
+            feeds = dict(zip(inputs, (as_value(ids.contiguous().numpy()), *past), strict=True))
+            logits, *cache = sessions[which].run_with_ort_values(outputs, feeds)
             return torch.from_numpy(logits.numpy()), tuple(cache)
 
-        super().__init__(lambda ids: step(sessions[0], ids),
-                         lambda next_id, past: step(sessions[1], next_id, past), block_size)
+        super().__init__(lambda ids: step(0, ids),
+                         lambda next_id, past: step(1, next_id, past), block_size)

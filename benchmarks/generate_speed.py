@@ -139,6 +139,16 @@ def flops_per_token(model: GPT, context: float) -> float:
     return 2 * (layers * (12 * c * c + 2 * c * context) + c * model.wte.weight.size(0))
 
 
+def mean_context(model: GPT, start: int, n: int) -> float:
+    """The mean number of positions a generated token attends to, under the window policy
+    (the cache restarts from window_keep tokens when it is full)."""
+    length, total = min(start, model.block_size), 0
+    for _ in range(n):
+        total += length
+        length = length + 1 if length < model.block_size else model.window_keep + 1
+    return total / n
+
+
 def best_time(run: Callable[[], torch.Tensor], repeats: int) -> tuple[float, torch.Tensor]:
     best, out = float("inf"), None
     for _ in range(repeats):
@@ -251,17 +261,16 @@ def main() -> int:
     for name, value in speed.items():
         per_token = seconds[name] / n * 1e3
         print(f"  {name:<42}{value:>10,.0f} chars/s  {per_token:7.3f} ms a step")
-    start = idx.size(1)
-    context = min(model.block_size, start + n / 2)  # the mean cached length, near enough
+    context = mean_context(model, idx.size(1), n)
     flops = flops_per_token(model, context)
     rate = matmul_rate(args.threads)
     floor = flops / rate * 1e3
     ort_step = seconds["KV cache, ONNX Runtime"] / n * 1e3
     ort_batch_token = seconds[f"KV cache, ONNX Runtime, batch {BATCH}"] / n / BATCH * 1e3
-    print(f"arithmetic floor: {flops / 1e6:.2f} MFLOP a token (at ~{context:.0f} cached "
-          f"positions) / {rate / 1e9:.1f} GFLOP/s (this core's float32 256x256 matmul) = "
-          f"{floor:.3f} ms a token; ONNX Runtime: {ort_step / floor:.0f}x that on one stream, "
-          f"{ort_batch_token / floor:.1f}x a token in a batch of {BATCH}")
+    print(f"arithmetic floor: {flops / 1e6:.2f} MFLOP a token (at {context:.0f} cached "
+          f"positions on average) / {rate / 1e9:.1f} GFLOP/s (this core's float32 256x256 "
+          f"matmul) = {floor:.3f} ms a token; ONNX Runtime: {ort_step / floor:.0f}x that on "
+          f"one stream, {ort_batch_token / floor:.1f}x a token in a batch of {BATCH}")
     print(f"TorchScript vs eager (both cached): "
           f"{speed['KV cache, TorchScript'] / speed['KV cache, eager']:.2f}x")
     if "KV cache, AOTInductor" in speed:

@@ -147,3 +147,24 @@ def test_without_onnx_runtime_generation_falls_back_to_torch_export(tiny):
     name, tokens = proc.stdout.strip().split(" ", 1)
     expected = list(token_stream(tiny.model, tiny.tokenizer.encode("ROMEO:"), Sampling(30, 0.0)))
     assert name == ProgramGenerator.__name__ and tokens == str(expected)
+
+
+def test_the_export_readme_generates_with_onnx_runtime_alone(tiny, tmp_path):
+    """The README's first block (torch, the tokenizer) and its ONNX Runtime loop, run in a
+    fresh `python -I` where this project cannot be imported: the eager model's greedy
+    tokens up to the context."""
+    import re
+
+    blocks = re.findall(r"```python\n(.*?)```", (tiny.directory / "README.md").read_text(),
+                        re.DOTALL)
+    onnx_block = next(block for block in blocks if "onnxruntime" in block)
+    script = tmp_path / "use_onnx.py"
+    script.write_text("import sys\n"
+                      "sys.modules['gptmini'] = None  # this project's code must not be needed\n"
+                      + blocks[0] + onnx_block)
+    proc = subprocess.run([sys.executable, "-I", str(script)], capture_output=True, text=True,
+                          cwd=tiny.directory, timeout=120, env={"PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr
+    ids = tiny.tokenizer.encode("ROMEO:")
+    greedy = list(token_stream(tiny.model, ids, Sampling(24 - len(ids), 0.0)))
+    assert proc.stdout.endswith(tiny.tokenizer.decode(greedy) + "\n")

@@ -24,7 +24,12 @@ from gptmini.core.hashing import weights_sha256
 from gptmini.data.tokenizers import Tokenizer, from_definition
 from gptmini.model import GPT
 from gptmini.report import describe_model, describe_tokenizer, metrics_line, metrics_markdown
-from gptmini.serving.steps import ProgramGenerator, example_prompt, program, step_programs
+from gptmini.serving.steps import (
+    ProgramGenerator,
+    example_prompt,
+    export_program,
+    step_programs,
+)
 from gptmini.training.checkpoint import load_checkpoint, model_from_checkpoint
 
 MODEL_FILE = "model.ts"
@@ -108,7 +113,7 @@ step = ort.InferenceSession("decode.onnx")
 past_names = [i.name for i in step.get_inputs()[1:]]
 logits, *cache = prefill.run(None, {"ids": ids.numpy()})
 new_ids = []
-for _ in range(200):                          # within the context, as above
+for _ in range(model.block_size - ids.size(1)):   # within the context (past it: as above)
     next_id = logits.argmax(-1)[:, None]
     new_ids.append(int(next_id[0, 0]))
     logits, *cache = step.run(None, {"next_id": next_id, **dict(zip(past_names, cache))})
@@ -156,7 +161,7 @@ def export_programs(model: GPT) -> dict[str, torch.export.ExportedProgram]:
     dynamic."""
     ids, ids_shape = example_prompt(model)
     prefill, decode = step_programs(model)
-    return {PROGRAM_FILE: program(model, (ids,), {"idx": ids_shape}),
+    return {PROGRAM_FILE: export_program(model, (ids,), {"idx": ids_shape}),
             PREFILL_FILE: prefill, DECODE_FILE: decode}
 
 

@@ -126,7 +126,7 @@ class FlatDecode(Decode):
         return (logits, *_flat(present))
 
 
-def program(module: torch.nn.Module, example: tuple[torch.Tensor, ...],
+def export_program(module: torch.nn.Module, example: tuple[torch.Tensor, ...],
             dynamic_shapes: dict[str, object]) -> torch.export.ExportedProgram:
     """torch.export of `module`; the nodes' stack traces (absolute paths of this checkout's
     files) are left out."""
@@ -154,17 +154,18 @@ def step_programs(model: GPT, flat: bool = False
     past = torch.export.Dim("past", min=1, max=model.block_size - 1)
     length = max(2, min(8, model.block_size - 1))
     shape, dtype = (2, model.n_head, length, model.head_size), model.wte.weight.dtype
-    prefill = program(FlatPrefill(model) if flat else Prefill(model), (ids,),
-                      {"idx": ids_shape})
+    prefill = export_program(FlatPrefill(model) if flat else Prefill(model), (ids,),
+                             {"idx": ids_shape})
     if flat:
         # Distinct tensors: torch.export would take one tensor passed twice for one input.
         cache = tuple(torch.zeros(shape, dtype=dtype) for _ in range(2 * model.n_layer))
-        decode = program(FlatDecode(model), (ids[:, :1], *cache),
-                         {"next_id": {0: batch}, "cache": ({0: batch, 2: past},) * len(cache)})
+        decode = export_program(
+            FlatDecode(model), (ids[:, :1], *cache),
+            {"next_id": {0: batch}, "cache": ({0: batch, 2: past},) * len(cache)})
     else:
         cache = torch.zeros(model.n_layer, 2, *shape, dtype=dtype)
-        decode = program(Decode(model), (ids[:, :1], cache),
-                         {"next_id": {0: batch}, "cache": {2: batch, 4: past}})
+        decode = export_program(Decode(model), (ids[:, :1], cache),
+                                {"next_id": {0: batch}, "cache": {2: batch, 4: past}})
     return prefill, decode
 
 

@@ -49,10 +49,22 @@ def _add_export_dir(parser: argparse.ArgumentParser) -> None:
                             "$MLFLOW_TRACKING_URI (else the project's mlflow.db)")
 
 
+def _add_engine(parser: argparse.ArgumentParser) -> None:
+    from gptmini.serving.engines import CHOICES
+
+    parser.add_argument("--engine", choices=CHOICES, default="auto",
+                        help="what generates: onnx (ONNX Runtime), export (torch.export "
+                             "programs), torchscript (model.ts), eager; default auto, the "
+                             "fastest the export and the installed packages allow")
+
+
 def _load(args: argparse.Namespace):
+    from dataclasses import replace
+
     from gptmini.serving.registry import load_model
 
-    return load_model(args.model or args.export_dir or default_export_dir())
+    exported = load_model(args.model or args.export_dir or default_export_dir())
+    return replace(exported, engine=getattr(args, "engine", "auto"))
 
 
 # -- generate -------------------------------------------------------------------------------
@@ -231,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--threads", type=_positive_int, default=1, metavar="N",
                      help="torch threads (default 1: one token at a time is too small a job "
                           "to split)")
+    _add_engine(gen)
     _add_export_dir(gen)
     gen.set_defaults(func=cmd_generate)
 
@@ -294,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     app.add_argument("--port", type=_positive_int, default=7860, help="port (default 7860)")
     app.add_argument("--threads", type=_positive_int, default=1, metavar="N",
                      help="torch threads per request (default 1)")
+    _add_engine(app)
     _add_export_dir(app)
     app.set_defaults(func=cmd_app)
     return parser
@@ -306,12 +320,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from gptmini.core.config import ConfigError
     from gptmini.data.text import InputError
+    from gptmini.serving.engines import EngineError
     from gptmini.serving.export import ExportError
     from gptmini.serving.runs import RunsError
 
     try:
         return args.func(args)
-    except (CliError, ConfigError, ExportError, InputError, RunsError) as exc:
+    except (CliError, ConfigError, EngineError, ExportError, InputError, RunsError) as exc:
         sys.stdout.flush()
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -9,10 +9,10 @@ export_stage`: this export, then the MLflow Model made of it.
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -24,8 +24,14 @@ from gptmini.core.atomic import atomic_dir
 from gptmini.core.errors import first_line
 from gptmini.core.hashing import weights_sha256
 from gptmini.data.tokenizers import Tokenizer, from_definition
-from gptmini.model import GPT, sample_next, seeded_generator, window_keep
+from gptmini.model import GPT
 from gptmini.report import describe_model, describe_tokenizer, metrics_line, metrics_markdown
+from gptmini.serving.steps import (
+    ProgramGenerator,
+    example_prompt,
+    export_program,
+    step_programs,
+)
 from gptmini.training.checkpoint import load_checkpoint, model_from_checkpoint
 
 MODEL_FILE = "model.ts"
@@ -98,6 +104,24 @@ for _ in range(200):
 print(decode(new_ids))
 ```
 
+`prefill.onnx` and `decode.onnx` are the same two steps as ONNX graphs for ONNX Runtime
+(`pip install onnxruntime`), the cache one key and one value a layer (`past_key_0`,
+`past_value_0`, ... in; `present_key_0`, ... out), batch and lengths dynamic:
+
+```python
+import onnxruntime as ort
+prefill = ort.InferenceSession("prefill.onnx")
+step = ort.InferenceSession("decode.onnx")
+past_names = [i.name for i in step.get_inputs()[1:]]
+logits, *cache = prefill.run(None, {"ids": ids.numpy()})
+new_ids = []
+for _ in range(model.block_size - ids.size(1)):   # within the context (past it: as above)
+    next_id = logits.argmax(-1)[:, None]
+    new_ids.append(int(next_id[0, 0]))
+    logits, *cache = step.run(None, {"next_id": next_id, **dict(zip(past_names, cache))})
+print(decode(new_ids))
+```
+
 `hf/` is the same model for Hugging Face `transformers` (GPT-2 with the exact GELU):
 `AutoModelForCausalLM.from_pretrained("hf")` and `AutoTokenizer.from_pretrained("hf")`,
 offline; prompt and new tokens together must fit the context.
@@ -133,65 +157,14 @@ def readme(record: dict[str, Any]) -> str:
     return (f"{USAGE}\n## This model\n\n{describe_model(record)}.\n\n{scored}")
 
 
-class Prefill(torch.nn.Module):
-    """ids (B, T) -> the next-token logits (B, V) and the cache of their keys and values,
-    (n_layer, 2, B, n_head, T, head_size): GPT.forward_cached from position 0."""
-
-    def __init__(self, model: GPT) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        m = self.model
-        cache = torch.zeros(m.n_layer, 2, idx.size(0), m.n_head, idx.size(1), m.head_size,
-                            dtype=m.wte.weight.dtype, device=idx.device)
-        return m.forward_cached(idx, cache, 0), cache
-
-
-class Decode(torch.nn.Module):
-    """One token (B, 1) after the cache of positions 0..P-1 -> its next-token logits and
-    the cache grown to P + 1 positions: GPT.forward_cached at position P. The cache is a
-    value (the program returns the new one): its length is the position, so a program with
-    a dynamic length serves every position."""
-
-    def __init__(self, model: GPT) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, next_id: torch.Tensor, cache: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        position = cache.size(4)
-        slot = cache.new_zeros(cache.shape[:4] + (1, cache.size(5)))
-        cache = torch.cat([cache, slot], dim=4)
-        return self.model.forward_cached(next_id, cache, position), cache
-
-
-def _program(module: torch.nn.Module, example: tuple[torch.Tensor, ...],
-             dynamic_shapes: dict[str, Any]) -> torch.export.ExportedProgram:
-    """torch.export of `module`; the nodes' stack traces (absolute paths of this checkout's
-    files) are left out."""
-    program = torch.export.export(module, example, dynamic_shapes=dynamic_shapes)
-    for node in program.graph_module.graph.nodes:
-        node.meta.pop("stack_trace", None)
-    return program
-
-
 def export_programs(model: GPT) -> dict[str, torch.export.ExportedProgram]:
-    """The forward pass and the two generation steps as torch.export programs, by file name:
-    the batch, the sequence length and the cache length are dynamic (example sizes of 2 and
-    more, since torch.export fixes a dimension it sees at size 1)."""
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    seq = torch.export.Dim("seq", min=1, max=model.block_size)
-    past = torch.export.Dim("past", min=1, max=model.block_size - 1)
-    ids = torch.zeros(2, max(2, min(8, model.block_size)), dtype=torch.long)
-    cache = torch.zeros(model.n_layer, 2, 2, model.n_head, max(2, min(8, model.block_size - 1)),
-                        model.head_size, dtype=model.wte.weight.dtype)
-    return {
-        PROGRAM_FILE: _program(model, (ids,), {"idx": {0: batch, 1: seq}}),
-        PREFILL_FILE: _program(Prefill(model), (ids,), {"idx": {0: batch, 1: seq}}),
-        DECODE_FILE: _program(Decode(model), (ids[:, :1], cache),
-                              {"next_id": {0: batch}, "cache": {2: batch, 4: past}}),
-    }
+    """The forward pass and the two generation steps (gptmini.serving.steps) as torch.export
+    programs, by file name: the batch, the sequence length and the cache length are
+    dynamic."""
+    ids, ids_shape = example_prompt(model)
+    prefill, decode = step_programs(model)
+    return {PROGRAM_FILE: export_program(model, (ids,), {"idx": ids_shape}),
+            PREFILL_FILE: prefill, DECODE_FILE: decode}
 
 
 def reproducible_archive(data: bytes) -> bytes:
@@ -237,6 +210,7 @@ def export(checkpoint: str | Path, metrics_json: str | Path, out_dir: str | Path
     README.md and the Hugging Face folder hf/ to `out_dir`, and copies of the training logs
     when given and present."""
     from gptmini.serving.hf import write_hf_folder  # imports transformers only when called
+    from gptmini.serving.onnx_engine import write_onnx  # imports onnx only when called
 
     ckpt = load_checkpoint(checkpoint)
     model = model_from_checkpoint(ckpt)
@@ -254,6 +228,7 @@ def export(checkpoint: str | Path, metrics_json: str | Path, out_dir: str | Path
             _save_archive(torch.jit.save, scripted, tmp / MODEL_FILE)
         for name, program in programs.items():
             _save_archive(torch.export.save, program, tmp / name)
+        write_onnx(model, tmp)
         (tmp / TOKENIZER_FILE).write_text(json.dumps(ckpt["tokenizer"], indent=2) + "\n")
         (tmp / METRICS_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
         (tmp / "README.md").write_text(readme(record))
@@ -268,73 +243,17 @@ class ExportError(RuntimeError):
     """The export directory is missing, incomplete or not usable, said in one line."""
 
 
-def graph_runner(program: torch.export.ExportedProgram) -> Callable[..., Any]:
-    """A function of the program's user inputs that runs its graph directly on its weights.
-    (`program.module()` adds per-call input checks and an attribute lookup per weight that
-    cost several times the compute of one token of a small model; the loop in
-    `ProgramGenerator` only makes inputs the programs accept.)"""
-    from torch.export.graph_signature import InputKind
-
-    state = {**program.state_dict, **program.constants}
-    specs = program.graph_signature.input_specs
-    lifted = [state[spec.target] for spec in specs if spec.kind != InputKind.USER_INPUT]
-    if any(spec.kind != InputKind.USER_INPUT for spec in specs[len(lifted):]):
-        raise ExportError("unexpected torch.export program: weights after the inputs")
-    forward = program.graph_module.forward
-    return lambda *inputs: forward(*lifted, *inputs)
-
-
-class ProgramGenerator:
-    """KV-cache generation on the export's torch.export programs (prefill.pt2, decode.pt2)
-    with the Python loop of `gptmini.serving.generation.token_stream`: the same prefill /
-    extend / sample / new_generator steps as GPT, so the same seed gives the same tokens.
-    Its cache is a one-element list holding the programs' latest cache tensor."""
-
-    def __init__(self, prefill: torch.export.ExportedProgram,
-                 decode: torch.export.ExportedProgram, block_size: int) -> None:
-        self._prefill, self._decode = graph_runner(prefill), graph_runner(decode)
-        self.block_size = block_size
-        self.window_keep = window_keep(block_size)
-        self.device = torch.device("cpu")
-
-    def prefill(self, idx: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor],
-                                                  torch.Tensor]:
-        if idx.size(1) == 0:
-            raise ValueError("generation needs at least one token to start from")
-        window = idx[:, -self.block_size:]
-        logits, cache = self._prefill(window)
-        return logits, [cache], window
-
-    def extend(self, window: torch.Tensor, cache: list[torch.Tensor], next_id: torch.Tensor
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-        """As GPT.extend: one token while the window has room, else the last window_keep
-        tokens prefilled again."""
-        pos = window.size(1)
-        window = torch.cat([window, next_id], dim=1)
-        if pos < self.block_size:
-            logits, cache[0] = self._decode(next_id, cache[0])
-            return logits, window
-        window = window[:, -self.window_keep:]
-        logits, cache[0] = self._prefill(window)
-        return logits, window
-
-    def sample(self, logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
-               generator: torch.Generator | None) -> torch.Tensor:
-        return sample_next(logits, temperature, top_k, top_p, generator)
-
-    def new_generator(self, seed: int) -> torch.Generator | None:
-        return seeded_generator(seed, self.device)
-
-
 @dataclass
 class LoadedExport:
-    """`model` is model.ts (scoring); `programs` the torch.export generation steps."""
+    """`model` is model.ts (scoring); `programs` the torch.export generation steps;
+    `generation_model` what the CLI, the app and the pyfunc generate with."""
 
     directory: Path
     model: torch.jit.ScriptModule
     tokenizer: Tokenizer
     record: dict[str, Any]
     programs: ProgramGenerator
+    engine: str = "auto"  # what generates (gptmini.serving.engines.CHOICES)
 
     @property
     def block_size(self) -> int:
@@ -352,10 +271,12 @@ class LoadedExport:
         model.load_state_dict(self.model.state_dict())
         return model.eval()
 
-    @property
-    def generation_model(self) -> ProgramGenerator:
-        """What the CLI and the app generate with."""
-        return self.programs
+    @functools.cached_property
+    def generation_model(self) -> Any:
+        """What generates: `engine`'s model (gptmini.serving.engines), made on first use."""
+        from gptmini.serving.engines import load_generator
+
+        return load_generator(self, self.engine)
 
 
 def _require(directory: Path, *names: str) -> None:
@@ -430,6 +351,8 @@ def describe(exported: LoadedExport) -> str:
         PROGRAM_FILE: "torch.export program of forward (dynamic batch and sequence length)",
         PREFILL_FILE: "torch.export program: prompt -> logits, KV cache (generation)",
         DECODE_FILE: "torch.export program: one token, KV cache -> logits, KV cache",
+        "prefill.onnx": "ONNX graph (ONNX Runtime): prompt -> logits, KV cache",
+        "decode.onnx": "ONNX graph (ONNX Runtime): one token, KV cache -> logits, KV cache",
         TOKENIZER_FILE: f"tokenizer: {describe_tokenizer(exported.tokenizer.definition())}",
         METRICS_FILE: "validation metrics, model configuration, weights sha256",
         TRAIN_LOG_FILE: "training loss by step",

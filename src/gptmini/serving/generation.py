@@ -23,7 +23,7 @@ from gptmini.data.text import InputError, check_text
 from gptmini.data.tokenizers import Detokenizer, Tokenizer
 
 # Anything with prefill / extend / sample / new_generator and block_size: GPT, model.ts, or
-# the export's torch.export programs (gptmini.serving.export.ProgramGenerator).
+# the export's torch.export programs or ONNX graphs (gptmini.serving.steps.ProgramGenerator).
 Model = Any
 MAX_SEED = 2**63 - 1
 

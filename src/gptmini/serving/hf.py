@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from gptmini.model import GPT
+from gptmini.serving.generation import Sampling
 
 CONFIG_FILE = "config.json"
 GENERATION_CONFIG_FILE = "generation_config.json"
@@ -37,7 +38,6 @@ WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 ENDOFTEXT = "<|endoftext|>"
-DEFAULT_TEMPERATURE = 0.8  # as `gptmini generate` (gptmini.serving.generation.Sampling)
 
 
 def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
@@ -96,13 +96,14 @@ def hf_config(ckpt: dict[str, Any]) -> Any:
 
 
 def hf_generation_config(ckpt: dict[str, Any]) -> Any:
-    """Sampling as `gptmini generate`'s defaults (temperature 0.8, top-k and top-p off).
+    """Sampling as the library's defaults (`Sampling`: temperature 0.8, top-k and top-p off).
     transformers' GPT-2 does not slide the window as the project's generation does: prompt
     and new tokens together must fit the context (`n_positions`)."""
     from transformers import GenerationConfig
 
-    return GenerationConfig(do_sample=True, temperature=DEFAULT_TEMPERATURE, top_k=0, top_p=1.0,
-                            **_special_ids(ckpt["tokenizer"]))
+    defaults = Sampling()
+    return GenerationConfig(do_sample=True, temperature=defaults.temperature, top_k=0,
+                            top_p=defaults.top_p, **_special_ids(ckpt["tokenizer"]))
 
 
 # -- tokenizers -------------------------------------------------------------------------------

@@ -100,7 +100,7 @@ def _invalid(message: str) -> Exception:
 
 
 class GPTMiniModel(PythonModel):
-    """Loads the export (TorchScript, tokenizer) and generates with its KV cache."""
+    """Loads the export and generates with its fastest engine (gptmini.serving.engines)."""
 
     def load_context(self, context) -> None:
         from gptmini.serving.export import MLFLOW_ARTIFACT, load_export
@@ -133,7 +133,8 @@ class GPTMiniModel(PythonModel):
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            return ["".join(stream(exported.model, exported.tokenizer, prompt, sampling))
+            return ["".join(stream(exported.generation_model, exported.tokenizer, prompt,
+                                    sampling))
                     for prompt in prompts]
         finally:
             torch.set_num_threads(threads)

@@ -31,7 +31,8 @@ BPC_TAG = "val_bpc"
 MODEL_NAME = "model"            # the model's name in its run
 URI_SCHEMES = ("models:/", "runs:/")
 # What the model needs where it is loaded, besides its own copy of gptmini's code.
-REQUIREMENTS = ("mlflow", "torch", "numpy", "pandas", "tiktoken", "pydantic", "pyyaml")
+REQUIREMENTS = ("mlflow", "torch", "numpy", "pandas", "tiktoken", "pydantic", "pyyaml",
+                "onnxruntime")  # onnxruntime: the pyfunc generates with the fastest engine
 
 
 @dataclass(frozen=True)

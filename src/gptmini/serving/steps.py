@@ -1,0 +1,231 @@
+"""The generation steps the export compiles (torch.export, ONNX): a prefill (the prompt ->
+the next-token logits and the key/value cache) and a one-token decode (a token and the
+cache -> its logits and the cache one position longer), as modules over a GPT's layers.
+
+They grow the cache by concatenation instead of writing into a preallocated one (as
+GPT.forward_cached does): traced, a write into a slice becomes a scatter over the whole
+cache in every layer (ScatterND and index arithmetic in ONNX, slice_scatter in torch.export),
+which cost ONNX Runtime ~15 ms a token against ~0.1 ms for the arithmetic. The length of the
+cache is the position, so one graph with a dynamic length serves every position.
+
+Two layouts: `Prefill`/`Decode` carry the cache as one tensor (n_layer, 2, B, n_head, T,
+head_size), the torch.export programs' interface (prefill.pt2, decode.pt2); `FlatPrefill`/
+`FlatDecode` as one key and one value tensor a layer (B, n_head, T, head_size), the usual
+ONNX layout, where each step's new cache is one concatenation with no stacking copy.
+
+`ProgramGenerator` runs a prefill and a decode function (the torch.export programs, or the
+ONNX graphs through gptmini.serving.onnx_engine) under the library's generation loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from gptmini.model import GPT, sample_next, seeded_generator, window_keep
+
+KV = list[tuple[torch.Tensor, torch.Tensor]]  # a (keys, values) pair a layer
+
+
+def cached_forward(model: GPT, idx: torch.Tensor, past: KV | None
+                   ) -> tuple[torch.Tensor, KV]:
+    """Next-token logits (B, V) after idx (B, T) and every layer's keys and values up to
+    and including idx: a prefill when `past` is None, else idx's one token after `past`."""
+    if past is None:
+        return _prefill(model, idx)
+    return _decode(model, idx, past)
+
+
+def _prefill(model: GPT, idx: torch.Tensor) -> tuple[torch.Tensor, KV]:
+    pos = torch.arange(0, idx.size(1), dtype=torch.long, device=idx.device)
+    x = model.wte(idx) + model.wpe(pos)
+    present: KV = []
+    for block in model.blocks:
+        q, k, v = block.attn._heads(block.ln_1(x))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + block.attn._merge(y)
+        x = x + block.mlp(block.ln_2(x))
+        present.append((k, v))
+    return model.lm_head(model.ln_f(x[:, -1])), present
+
+
+def _decode(model: GPT, next_id: torch.Tensor, past: KV) -> tuple[torch.Tensor, KV]:
+    """One token a row, computed on (B, C) rows rather than (B, 1, C): its linear layers are
+    one matmul-with-bias each, and its heads a reshape without transposes (T is 1). About
+    half the graph nodes of the prefill's layer, and the per-node overhead is what a token
+    of a model this small costs."""
+    position = past[0][0].size(2)
+    x = model.wte(next_id[:, 0]) + model.wpe.weight[position]
+    batch, width = x.shape
+    heads = (batch, model.n_head, 1, model.head_size)
+    present: KV = []
+    for block, (past_k, past_v) in zip(model.blocks, past, strict=True):
+        q, k, v = block.attn.c_attn(block.ln_1(x)).split(width, dim=1)
+        k = torch.cat([past_k, k.reshape(heads)], dim=2)
+        v = torch.cat([past_v, v.reshape(heads)], dim=2)
+        y = F.scaled_dot_product_attention(q.reshape(heads), k, v)  # sees every position
+        x = x + block.attn.c_proj(y.reshape(batch, width))
+        x = x + block.mlp(block.ln_2(x))
+        present.append((k, v))
+    return model.lm_head(model.ln_f(x)), present
+
+
+def _stacked(kv: KV) -> torch.Tensor:
+    return torch.stack([torch.stack(pair) for pair in kv])
+
+
+def _flat(kv: KV) -> tuple[torch.Tensor, ...]:
+    return tuple(t for pair in kv for t in pair)
+
+
+class Prefill(torch.nn.Module):
+    """ids (B, T) -> the next-token logits (B, V) and the cache of their keys and values,
+    (n_layer, 2, B, n_head, T, head_size)."""
+
+    def __init__(self, model: GPT) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, present = cached_forward(self.model, idx, None)
+        return logits, _stacked(present)
+
+
+class Decode(torch.nn.Module):
+    """One token (B, 1) after the cache of positions 0..P-1 -> its next-token logits and
+    the cache grown to P + 1 positions."""
+
+    def __init__(self, model: GPT) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, next_id: torch.Tensor, cache: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        past = [(layer[0], layer[1]) for layer in cache.unbind(0)]
+        logits, present = cached_forward(self.model, next_id, past)
+        return logits, _stacked(present)
+
+
+class FlatPrefill(Prefill):
+    """Prefill with the cache as key_0, value_0, key_1, ... (B, n_head, T, head_size)."""
+
+    def forward(self, idx: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        logits, present = cached_forward(self.model, idx, None)
+        return (logits, *_flat(present))
+
+
+class FlatDecode(Decode):
+    """Decode with the cache as key_0, value_0, key_1, ... in and out."""
+
+    def forward(self, next_id: torch.Tensor, *cache: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        past = list(zip(cache[0::2], cache[1::2], strict=True))
+        logits, present = cached_forward(self.model, next_id, past)
+        return (logits, *_flat(present))
+
+
+def export_program(module: torch.nn.Module, example: tuple[torch.Tensor, ...],
+            dynamic_shapes: dict[str, object]) -> torch.export.ExportedProgram:
+    """torch.export of `module`; the nodes' stack traces (absolute paths of this checkout's
+    files) are left out."""
+    exported = torch.export.export(module, example, dynamic_shapes=dynamic_shapes)
+    for node in exported.graph_module.graph.nodes:
+        node.meta.pop("stack_trace", None)
+    return exported
+
+
+def example_prompt(model: GPT) -> tuple[torch.Tensor, dict[int, torch.export.Dim]]:
+    """Example ids (B, T) for torch.export and their dynamic shape: batch 1 to 4096, length
+    1 to the context (example sizes of 2 and more: torch.export fixes a dimension it sees
+    at size 1)."""
+    shape = {0: torch.export.Dim("batch", min=1, max=4096),
+             1: torch.export.Dim("seq", min=1, max=model.block_size)}
+    return torch.zeros(2, max(2, min(8, model.block_size)), dtype=torch.long), shape
+
+
+def step_programs(model: GPT, flat: bool = False
+                  ) -> tuple[torch.export.ExportedProgram, torch.export.ExportedProgram]:
+    """The prefill and decode steps as torch.export programs, in the stacked or the flat
+    layout: batch, prompt length and cache length dynamic."""
+    ids, ids_shape = example_prompt(model)
+    batch = ids_shape[0]
+    past = torch.export.Dim("past", min=1, max=model.block_size - 1)
+    length = max(2, min(8, model.block_size - 1))
+    shape, dtype = (2, model.n_head, length, model.head_size), model.wte.weight.dtype
+    prefill = export_program(FlatPrefill(model) if flat else Prefill(model), (ids,),
+                             {"idx": ids_shape})
+    if flat:
+        # Distinct tensors: torch.export would take one tensor passed twice for one input.
+        cache = tuple(torch.zeros(shape, dtype=dtype) for _ in range(2 * model.n_layer))
+        decode = export_program(
+            FlatDecode(model), (ids[:, :1], *cache),
+            {"next_id": {0: batch}, "cache": ({0: batch, 2: past},) * len(cache)})
+    else:
+        cache = torch.zeros(model.n_layer, 2, *shape, dtype=dtype)
+        decode = export_program(Decode(model), (ids[:, :1], cache),
+                                {"next_id": {0: batch}, "cache": {2: batch, 4: past}})
+    return prefill, decode
+
+
+def graph_runner(program: torch.export.ExportedProgram) -> Callable[..., Any]:
+    """A function of the program's user inputs that runs its graph directly on its weights.
+    (`program.module()` adds per-call input checks and an attribute lookup per weight that
+    cost several times the compute of one token of a small model; the loop in
+    `ProgramGenerator` only makes inputs the programs accept.)"""
+    from torch.export.graph_signature import InputKind
+
+    state = {**program.state_dict, **program.constants}
+    specs = program.graph_signature.input_specs
+    lifted = [state[spec.target] for spec in specs if spec.kind != InputKind.USER_INPUT]
+    if any(spec.kind != InputKind.USER_INPUT for spec in specs[len(lifted):]):
+        raise ValueError("unexpected torch.export program: weights after the inputs")
+    forward = program.graph_module.forward
+    return lambda *inputs: forward(*lifted, *inputs)
+
+
+class ProgramGenerator:
+    """KV-cache generation on the export's torch.export programs (prefill.pt2, decode.pt2)
+    with the Python loop of `gptmini.serving.generation.token_stream`: the same prefill /
+    extend / sample / new_generator steps as GPT, so the same seed gives the same tokens.
+    Its cache is a one-element list holding the programs' latest cache tensor."""
+
+    def __init__(self, prefill: torch.export.ExportedProgram | Callable[..., Any],
+                 decode: torch.export.ExportedProgram | Callable[..., Any],
+                 block_size: int) -> None:
+        # Programs, or functions of the same inputs and outputs (another engine's steps).
+        self._prefill, self._decode = (
+            graph_runner(step) if isinstance(step, torch.export.ExportedProgram) else step
+            for step in (prefill, decode))
+        self.block_size = block_size
+        self.window_keep = window_keep(block_size)
+        self.device = torch.device("cpu")
+
+    def prefill(self, idx: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor],
+                                                  torch.Tensor]:
+        if idx.size(1) == 0:
+            raise ValueError("generation needs at least one token to start from")
+        window = idx[:, -self.block_size:]
+        logits, cache = self._prefill(window)
+        return logits, [cache], window
+
+    def extend(self, window: torch.Tensor, cache: list[torch.Tensor], next_id: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """As GPT.extend: one token while the window has room, else the last window_keep
+        tokens prefilled again."""
+        pos = window.size(1)
+        window = torch.cat([window, next_id], dim=1)
+        if pos < self.block_size:
+            logits, cache[0] = self._decode(next_id, cache[0])
+            return logits, window
+        window = window[:, -self.window_keep:]
+        logits, cache[0] = self._prefill(window)
+        return logits, window
+
+    def sample(self, logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
+               generator: torch.Generator | None) -> torch.Tensor:
+        return sample_next(logits, temperature, top_k, top_p, generator)
+
+    def new_generator(self, seed: int) -> torch.Generator | None:
+        return seeded_generator(seed, self.device)

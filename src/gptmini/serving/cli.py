@@ -285,6 +285,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="torch threads per request (default 1)")
     _add_export_dir(app)
     app.set_defaults(func=cmd_app)
+
+    from gptmini.team.cli import add_parser as add_team_parser
+
+    add_team_parser(sub)
     return parser
 
 

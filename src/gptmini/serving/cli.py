@@ -300,10 +300,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from gptmini.data.text import InputError
     from gptmini.serving.export import ExportError
     from gptmini.serving.runs import RunsError
+    from gptmini.team.stack import TeamError
 
     try:
         return args.func(args)
-    except (CliError, ExportError, InputError, RunsError) as exc:
+    except (CliError, ExportError, InputError, RunsError, TeamError) as exc:
         sys.stdout.flush()
         print(f"error: {exc}", file=sys.stderr)
         return 2

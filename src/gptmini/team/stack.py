@@ -28,8 +28,6 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from gptmini.serving.cli import CliError
-
 BUCKET = "gptmini"
 DB_NAME = "mlflow"
 DB_USER = "gptmini"
@@ -39,8 +37,8 @@ PG_BIN_ENV = "GPTMINI_PG_BIN"
 START_TIMEOUT = 300  # seconds: mlflow server's first start on a busy 2-core machine is slow
 
 
-class TeamError(CliError):
-    """A failure of the team stack, said in one line."""
+class TeamError(RuntimeError):
+    """A failure of the team stack, said in one line (by the CLI, like its own errors)."""
 
 
 @dataclass
@@ -104,6 +102,9 @@ def pg_bin() -> Path:
     """The directory of PostgreSQL's server programs: $GPTMINI_PG_BIN, else Debian's newest
     /usr/lib/postgresql/<version>/bin, else initdb's directory on PATH."""
     if os.environ.get(PG_BIN_ENV):
+        if not (Path(os.environ[PG_BIN_ENV]) / "initdb").is_file():
+            raise TeamError(f"{PG_BIN_ENV}={os.environ[PG_BIN_ENV]} has no initdb: it must name "
+                            "the directory of PostgreSQL's server programs")
         return Path(os.environ[PG_BIN_ENV])
     debian = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"),
                     key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit()
@@ -227,17 +228,16 @@ def _wait_http(url: str, pid: int, what: str, log: Path, timeout: float = START_
 
 
 def _alive(pid: int) -> bool:
+    """Running, not a zombie: a server that another `gptmini team` process started, once
+    killed, stays a zombie until its parent reaps it, and a zombie still answers kill 0."""
+    import psutil
+
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)  # our child: reap it
     try:
-        waited, _ = os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:  # not our child (another `gptmini team` command started it)
-        waited = 0
-    if waited:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def start_s3(stack: Stack) -> None:
@@ -274,7 +274,8 @@ def _stop(pid: int | None, timeout: float = 30) -> None:
         time.sleep(0.1)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)
-    while _alive(pid):
+    deadline = time.monotonic() + timeout
+    while _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
 
 

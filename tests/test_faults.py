@@ -288,11 +288,11 @@ def wait_for_step(project, proc, step: int) -> None:
         time.sleep(0.05)
 
 
-def assert_every_metric_once(server: TrackingServer, project):
+def assert_every_metric_once(server: TrackingServer, project, experiment: str = "gptmini"):
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=server.url)
-    (run,) = client.search_runs([client.get_experiment_by_name("gptmini").experiment_id])
+    (run,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
     assert run.info.status == "FINISHED"
     for key in ("train_loss", "train_lr", "train_tokens_per_second"):
         steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]

@@ -310,6 +310,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_engine(app)
     _add_export_dir(app)
     app.set_defaults(func=cmd_app)
+
+    from gptmini.team.cli import add_parser as add_team_parser
+
+    add_team_parser(sub)
     return parser
 
 
@@ -323,10 +327,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from gptmini.serving.engines import EngineError
     from gptmini.serving.export import ExportError
     from gptmini.serving.runs import RunsError
+    from gptmini.team.stack import TeamError
 
     try:
         return args.func(args)
-    except (CliError, ConfigError, EngineError, ExportError, InputError, RunsError) as exc:
+    except (CliError, ConfigError, EngineError, ExportError, InputError, RunsError,
+            TeamError) as exc:
         sys.stdout.flush()
         print(f"error: {exc}", file=sys.stderr)
         return 2

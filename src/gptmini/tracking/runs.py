@@ -57,7 +57,16 @@ def _experiment_id(uri: str) -> str:
     import mlflow
 
     name = os.environ.get(EXPERIMENT_ENV) or DEFAULT_EXPERIMENT
-    experiment = mlflow.get_experiment_by_name(name)
+    try:
+        experiment = mlflow.get_experiment_by_name(name)
+    except mlflow.exceptions.MlflowException as exc:
+        if exc.error_code in ("UNAUTHENTICATED", "PERMISSION_DENIED"):  # one line, no traceback
+            from gptmini.core.stage import StageError
+
+            raise StageError(f"the tracking server {uri} refused this login ({exc.error_code}):"
+                             " check MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+                             ) from None
+        raise
     if experiment is not None:
         return experiment.experiment_id
     # On the default store, artifacts go beside it (not into the cwd, which for a DVC

@@ -52,7 +52,22 @@ def _prefill(model: GPT, idx: torch.Tensor) -> tuple[torch.Tensor, KV]:
     return model.lm_head(model.ln_f(x[:, -1])), present
 
 
-def _decode(model: GPT, next_id: torch.Tensor, past: KV) -> tuple[torch.Tensor, KV]:
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """torch's fused attention (the decode.pt2 program's); the one query sees every position."""
+    return F.scaled_dot_product_attention(q, k, v)
+
+
+def _one_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Attention of one query a head over the whole cache, written out: ONNX's export of
+    scaled_dot_product_attention scales and transposes every cached key each step (two
+    passes over the cache a layer); here only q is scaled and ONNX Runtime folds the
+    transpose into its matmul."""
+    scores = (q * q.size(-1) ** -0.5) @ k.transpose(-2, -1)
+    return scores.softmax(dim=-1) @ v
+
+
+def _decode(model: GPT, next_id: torch.Tensor, past: KV,
+            attention: Callable[..., torch.Tensor] = _sdpa) -> tuple[torch.Tensor, KV]:
     """One token a row, computed on (B, C) rows rather than (B, 1, C): its linear layers are
     one matmul-with-bias each, and its heads a reshape without transposes (T is 1). About
     half the graph nodes of the prefill's layer, and the per-node overhead is what a token
@@ -66,7 +81,7 @@ def _decode(model: GPT, next_id: torch.Tensor, past: KV) -> tuple[torch.Tensor, 
         q, k, v = block.attn.c_attn(block.ln_1(x)).split(width, dim=1)
         k = torch.cat([past_k, k.reshape(heads)], dim=2)
         v = torch.cat([past_v, v.reshape(heads)], dim=2)
-        y = F.scaled_dot_product_attention(q.reshape(heads), k, v)  # sees every position
+        y = attention(q.reshape(heads), k, v)
         x = x + block.attn.c_proj(y.reshape(batch, width))
         x = x + block.mlp(block.ln_2(x))
         present.append((k, v))
@@ -118,11 +133,12 @@ class FlatPrefill(Prefill):
 
 
 class FlatDecode(Decode):
-    """Decode with the cache as key_0, value_0, key_1, ... in and out."""
+    """Decode with the cache as key_0, value_0, key_1, ... in and out, and its attention
+    written out (`_one_query_attention`) for ONNX, whose graph it becomes."""
 
     def forward(self, next_id: torch.Tensor, *cache: torch.Tensor) -> tuple[torch.Tensor, ...]:
         past = list(zip(cache[0::2], cache[1::2], strict=True))
-        logits, present = cached_forward(self.model, next_id, past)
+        logits, present = _decode(self.model, next_id, past, _one_query_attention)
         return (logits, *_flat(present))
 
 

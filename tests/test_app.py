@@ -5,7 +5,6 @@ driven by Playwright."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from gptmini.report import metrics_markdown
 from gptmini.serving.app import surprise_html
 from gptmini.serving.generation import Sampling
 from gptmini.serving.inspection import shown
+from gptmini.team.stack import free_port
 from tiny_export import TinyExport, build_tiny_export, generated
 
 pytestmark = [pytest.mark.app, pytest.mark.usefixtures("one_thread")]
@@ -49,12 +49,6 @@ class Served:
                 return response.status == 200
         except OSError:
             return False
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

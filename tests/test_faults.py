@@ -23,6 +23,7 @@ from conftest import make_corpus, model_config
 from gptmini.core.atomic import write_json
 from gptmini.core.device import Distributed
 from gptmini.model import GPT
+from gptmini.team.stack import free_port
 from gptmini.training.checkpoint import save_checkpoint
 from gptmini.training.resume import ResumeStore
 
@@ -198,14 +199,6 @@ def test_a_nan_on_the_step_before_a_save_never_reaches_the_saved_state(tmp_path,
 # -- the tracking server dies mid-run --------------------------------------------------------
 
 SERVER_STEPS = 200  # checkpoint_interval 10: the metrics are flushed every 10 steps
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class TrackingServer:

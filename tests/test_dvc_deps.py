@@ -144,3 +144,15 @@ def suggested_deps(stage_script: str) -> list[str]:
 if __name__ == "__main__":  # print each stage's src/ dependencies, for dvc.yaml
     for name, spec in stages().items():
         print(f"{name}:", *suggested_deps(spec["cmd"].split()[-1]), sep="\n  - ")
+
+
+def test_the_committed_dvc_lock_is_a_vendors_reference():
+    """CI checks a machine's `dvc repro` against its CPU vendor's entry in
+    tests/golden/pipeline.json (.ci/check_reference.py): the committed dvc.lock must be one
+    of those entries, so a change of the numbers cannot update one and not the other."""
+    from references import outs_hashes, references
+
+    committed = outs_hashes(yaml.safe_load((REPO / "dvc.lock").read_text()))
+    assert committed in references("pipeline").values(), (
+        "dvc.lock's outputs are no vendor's reference in tests/golden/pipeline.json:\n"
+        f"{committed}")

@@ -18,6 +18,7 @@ import yaml
 
 from conftest import needs_tiktoken
 from pipeline_project import PipelineProject
+from references import mismatch, outs_hashes
 
 pytestmark = pytest.mark.slow
 STAGES = ("download", "tokenize", "train", "evaluate", "export")
@@ -42,12 +43,6 @@ def project(tmp_path_factory, corpus):
     p.first_repro = p.run("dvc", "repro")
     p.first_lock = yaml.safe_load((p.root / "dvc.lock").read_text())
     return p
-
-
-def outs_hashes(lock: dict) -> dict[str, str]:
-    """Every output of every stage in a dvc.lock, path -> md5."""
-    return {out["path"]: out["md5"] for stage in lock["stages"].values()
-            for out in stage.get("outs", [])}
 
 
 def touch(project: PipelineProject, path: str) -> None:
@@ -115,9 +110,10 @@ def test_mlflow_store_holds_one_run_with_everything(project):
     assert "dvc.exp_name" not in tags  # a plain `dvc repro` (test_queue.py: `dvc exp run`)
     assert tags["tokenizer"] == "char"
     # what the numbers were computed on: the CPU, its ISA, the pinned kernel path, the dtype
-    from gptmini.core.numerics import cpu_model
+    from gptmini.core.numerics import cpu_model, cpu_vendor
 
     assert tags["cpu.model"] == cpu_model() and tags["cpu.model"] != "unknown"
+    assert tags["cpu.vendor"] == cpu_vendor() in ("AuthenticAMD", "GenuineIntel")
     assert tags["cpu.isa"] in ("avx2", "avx512", "avx512_bf16")
     assert (tags["cpu.kernel_path"], tags["cpu.mkl_cbwr"]) == ("AVX2", "AVX2")
     assert tags["train.dtype"] == "float32" and tags["cpu.threads"] == "2"
@@ -164,19 +160,16 @@ def test_second_repro_runs_nothing_and_status_is_clean(project):
     assert "up to date" in status
 
 
-GOLDEN = Path(__file__).parent / "golden" / "tiny_pipeline.json"
-
-
 def test_every_machine_reproduces_the_committed_outputs_byte_for_byte(project):
-    """The tiny pipeline's outputs (model, metrics, export: 10 md5s) are committed: every
-    run on every x86 CPU, AVX2 or AVX-512, must make the same bytes, so they hold no run id,
-    clock or timing, and float32 training follows no ISA-dependent kernel path. After a
-    change that means to change the numbers, commit the hashes this test prints."""
+    """The tiny pipeline's outputs (model, metrics, export: 10 md5s) are committed, per CPU
+    vendor (tests/references.py): every run on every CPU generation of a vendor, AVX2 or
+    AVX-512, must make its vendor's bytes, so they hold no run id, clock or timing, and
+    float32 training follows no ISA-dependent kernel path. After a change that means to
+    change the numbers, commit the hashes this test prints."""
     got = outs_hashes(project.first_lock)
-    golden = json.loads(GOLDEN.read_text())
     assert len(got) == 10
-    assert got == golden, ("the tiny pipeline's outputs differ from tests/golden/"
-                           f"tiny_pipeline.json; this machine made:\n{json.dumps(got, indent=2)}")
+    problem = mismatch("tiny_pipeline", got)
+    assert not problem, problem
 
 
 @pytest.mark.parametrize("path,expected", [

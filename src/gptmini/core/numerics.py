@@ -1,5 +1,5 @@
-"""One float32 result on every x86 CPU: the kernel paths that differ by instruction set,
-pinned, and what a run computed with, recorded.
+"""The same float32 result on every x86 CPU of one vendor: the kernel paths that differ by
+instruction set, pinned, and what a run computed with, recorded.
 
 ATen picks its vectorised kernels by the CPU's ISA (AVX2, AVX-512) and MKL its GEMM code
 path likewise; on different CPU generations they sum in different orders, so float32
@@ -7,7 +7,9 @@ training gives different bits (`../shared/tools/xcpu_repro_probe.py` shows each 
 changing them). `pin_kernel_paths()` sets both to the AVX2 path, which every x86-64 CPU
 this project runs on has, before torch computes anything: `import gptmini` calls it, so
 every stage, the CLI and the tests compute alike. A value already in the environment
-wins (set one to study another path). oneDNN is pinned as well: bf16 matmuls go through it.
+wins (set one to study another path). oneDNN is pinned as well: bf16 matmuls and GELU go
+through it. The pins do not make an Intel CPU sum like an AMD one (MKL's AVX2 GEMM still
+differs by vendor: docs/pipeline.md), so the committed reference bits are per vendor.
 """
 
 from __future__ import annotations
@@ -39,6 +41,12 @@ def _cpuinfo() -> dict[str, str]:
     return fields
 
 
+def cpu_vendor() -> str:
+    """The CPU's vendor ('AuthenticAMD', 'GenuineIntel'): the bits of a float32 run are
+    the same on every CPU of one vendor, and the reference bits are kept per vendor."""
+    return _cpuinfo().get("vendor_id", "unknown")
+
+
 def cpu_model() -> str:
     """The CPU's model name with its family and model numbers (AMD's EPYC names do not
     tell Zen 3 from Zen 4), e.g. 'AMD EPYC (family 25, model 1)'."""
@@ -66,6 +74,7 @@ def describe() -> dict[str, str]:
     isa = ("avx512_bf16" if "avx512_bf16" in flags else "avx512" if "avx512f" in flags
            else "avx2" if "avx2" in flags else "other")
     return {
+        "cpu.vendor": cpu_vendor(),
         "cpu.model": cpu_model(),
         "cpu.isa": isa,                                          # what the CPU has
         "cpu.kernel_path": torch.backends.cpu.get_cpu_capability(),  # what ATen runs

@@ -1,0 +1,35 @@
+"""CI: did `dvc repro` on this machine make the committed reference bits? The workspace's
+dvc.lock must record the committed dvc.lock's inputs (every stage's code, data and params)
+and, for every output, the md5 that tests/golden/pipeline.json holds for this CPU's vendor
+(the bits are the same on every CPU generation of a vendor, not across vendors:
+tests/references.py). Exit 1, saying what differs, otherwise.
+
+    python .ci/check_reference.py
+"""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from references import mismatch, outs_hashes  # noqa: E402
+
+
+def inputs(lock: dict) -> dict:
+    """A dvc.lock without its outputs: what each stage was computed from."""
+    return {name: {k: v for k, v in stage.items() if k != "outs"}
+            for name, stage in lock["stages"].items()}
+
+
+made = yaml.safe_load(Path("dvc.lock").read_text())
+committed = yaml.safe_load(subprocess.run(["git", "show", "HEAD:dvc.lock"], check=True,
+                                          capture_output=True, text=True).stdout)
+if inputs(made) != inputs(committed):
+    sys.exit("CI: dvc repro ran on other inputs than the committed dvc.lock records "
+             "(a code, data or params change not committed with its dvc.lock)")
+problem = mismatch("pipeline", outs_hashes(made))
+if problem:
+    sys.exit(f"CI: dvc repro did not reproduce the committed reference: {problem}")
+print("CI: dvc repro made the committed reference bits for this CPU's vendor")

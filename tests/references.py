@@ -1,0 +1,46 @@
+"""The committed reference bits, per CPU vendor.
+
+float32 training with the kernel paths pinned (gptmini.core.numerics) gives the same bits
+on every CPU generation of one vendor, not across vendors: an Intel Xeon sums MKL's pinned
+AVX2 GEMM differently from an AMD EPYC (docs/pipeline.md). So each reference file under
+tests/golden/ maps a vendor ('AuthenticAMD', 'GenuineIntel') to the md5 of every output
+of every stage, as a dvc.lock lists them. A change that means to change the numbers
+replaces the entry of the vendor it was run on and deletes the others, which only a run
+on their own CPUs can restore.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from gptmini.core.numerics import cpu_vendor
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def outs_hashes(lock: dict) -> dict[str, str]:
+    """Every output of every stage in a dvc.lock, path -> md5."""
+    return {out["path"]: out["md5"] for stage in lock["stages"].values()
+            for out in stage.get("outs", [])}
+
+
+def references(name: str) -> dict[str, dict[str, str]]:
+    """tests/golden/<name>.json: vendor -> (output path -> md5)."""
+    return json.loads((GOLDEN / f"{name}.json").read_text())
+
+
+def mismatch(name: str, got: dict[str, str]) -> str:
+    """'' when `got` equals this CPU vendor's reference `name`, else one paragraph saying
+    what differs (or that the vendor has no reference) and what this machine made."""
+    vendor = cpu_vendor()
+    expected = references(name).get(vendor)
+    if expected is None:
+        why = f"tests/golden/{name}.json holds no reference for {vendor} CPUs"
+    elif got == expected:
+        return ""
+    else:
+        differ = sorted(p for p in {*got, *expected} if got.get(p) != expected.get(p))
+        why = (f"on this {vendor} CPU the outputs differ from tests/golden/{name}.json "
+               f"in {', '.join(differ)}")
+    return f"{why}; this machine made:\n{json.dumps(got, indent=2)}"

@@ -18,8 +18,12 @@ from references import mismatch, outs_hashes  # noqa: E402
 
 
 def inputs(lock: dict) -> dict:
-    """A dvc.lock without its outputs: what each stage was computed from."""
-    return {name: {k: v for k, v in stage.items() if k != "outs"}
+    """What a dvc.lock's pipeline was computed from: each stage's command, params and
+    dependencies, less its outputs and the other stages' outputs it reads (which are the
+    vendor's bits, checked below)."""
+    made = set(outs_hashes(lock))
+    return {name: {key: [dep for dep in value if dep["path"] not in made] if key == "deps"
+                   else value for key, value in stage.items() if key != "outs"}
             for name, stage in lock["stages"].items()}
 
 

@@ -6,7 +6,8 @@ AVX2 GEMM differently from an AMD EPYC (docs/pipeline.md). So each reference fil
 tests/golden/ maps a vendor ('AuthenticAMD', 'GenuineIntel') to the md5 of every output
 of every stage, as a dvc.lock lists them. A change that means to change the numbers
 replaces the entry of the vendor it was run on and deletes the others, which only a run
-on their own CPUs can restore.
+on their own CPUs can restore (`record`; `python .ci/check_reference.py --record` after
+a `dvc repro`).
 """
 
 from __future__ import annotations
@@ -44,3 +45,19 @@ def mismatch(name: str, got: dict[str, str]) -> str:
         why = (f"on this {vendor} CPU the outputs differ from tests/golden/{name}.json "
                f"in {', '.join(differ)}")
     return f"{why}; this machine made:\n{json.dumps(got, indent=2)}"
+
+
+def record(name: str, got: dict[str, str]) -> str:
+    """Make `got` this CPU vendor's reference `name`. When it replaces a different entry
+    of this vendor the numbers changed, and the other vendors' entries, made from the old
+    numbers, are dropped (a run on their CPUs records them again). Returns what it did."""
+    vendor, refs = cpu_vendor(), references(name)
+    previous = refs.get(vendor)
+    dropped = sorted(v for v in refs if v != vendor) if previous not in (None, got) else []
+    refs = {v: entry for v, entry in refs.items() if v not in dropped}
+    refs[vendor] = got
+    (GOLDEN / f"{name}.json").write_text(json.dumps(dict(sorted(refs.items())), indent=2)
+                                         + "\n")
+    what = "unchanged" if previous == got else "recorded"
+    return (f"tests/golden/{name}.json: {vendor} {what}"
+            + (f"; dropped {', '.join(dropped)} (made from the old numbers)" if dropped else ""))

@@ -255,6 +255,8 @@ def test_runs_plot_marks_the_runs_of_the_current_recipe(tmp_path, capsys):
     table = runs_table(uri, "grid", recipe=load_params(tmp_path / "params.yaml"))
     assert dict(zip(table["run"], table["default"], strict=True)) == {
         "default": True, "lr-0.02": False, "unfinished": True}
+    assert dict(zip(table["run"], table["changes"], strict=True)) == {
+        "default": "", "lr-0.02": "train.muon_lr=0.02", "unfinished": ""}
     assert table.attrs["cpus"] == ["AMD EPYC 7B13 (family 25, model 1)"]
     params = yaml.safe_load((tmp_path / "params.yaml").read_text())
     params["train"]["muon_lr"] = 0.02  # now the other run is the default

@@ -147,7 +147,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
     experiment = args.experiment or os.environ.get(EXPERIMENT_ENV) or DEFAULT_EXPERIMENT
     uri = args.tracking_uri or tracking_uri()
-    recipe = load_params(args.params) if args.plot else None
+    # the recipe the runs are compared with: --plot's stars, the `changes` column
+    recipe = load_params(args.params) if args.plot or Path(args.params).is_file() else None
     table = runs_table(uri, experiment, args.sort, args.descending, recipe)
     if args.limit:
         table = table.head(args.limit)
@@ -273,7 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="also draw validation nats/char against training wall time, one "
                            "point a run, the runs of the current params.yaml as stars")
     runs.add_argument("--params", default="params.yaml", metavar="YAML",
-                      help="the recipe --plot marks as the default (default params.yaml)")
+                      help="the recipe the runs are compared with: their `changes` column "
+                           "and --plot's stars (default params.yaml)")
     runs.add_argument("--experiment", default=None,
                       help="experiment name (default: $MLFLOW_EXPERIMENT_NAME, else gptmini)")
     runs.add_argument("--tracking-uri", default=None, metavar="URI",

@@ -106,6 +106,7 @@ def runs_table(tracking_uri: str, experiment: str, sort_by: str = "val_bpc",
         table[column] = pd.to_numeric(table[column], errors="coerce")
     if recipe is not None:
         table["default"] = is_recipe(frame, recipe)
+        table["changes"] = recipe_changes(frame, recipe)
     # the CPUs the runs trained on, for a figure's title (wall times compare only on one)
     table.attrs["cpus"] = sorted(_column(frame, "tags.cpu.model").dropna().unique())
     dirty = _column(frame, "tags.git.dirty") == "true"
@@ -128,6 +129,19 @@ def is_recipe(frame: Any, params: Any) -> Any:
     for key, value in flatten(params.recipe()).items():
         match &= _column(frame, f"params.{key}") == str(value)
     return match
+
+
+def recipe_changes(frame: Any, params: Any) -> list[str]:
+    """Per run, the recipe params it recorded with another value than `params`' (a grid's
+    `-S` overrides), as 'train.weight_decay=0.3 model.dropout=0.15'; params a run did not
+    record (an older run's) are not guessed at."""
+    from gptmini.tracking.tags import flatten
+
+    recipe = {key: str(value) for key, value in flatten(params.recipe()).items()}
+    recorded = {key: _column(frame, f"params.{key}") for key in recipe}
+    return [" ".join(f"{key}={recorded[key][i]}" for key in recipe
+                     if isinstance(recorded[key][i], str) and recorded[key][i] != recipe[key])
+            for i in frame.index]
 
 
 def plot_runs(table: Any, path: str | Path, title: str) -> None:

@@ -141,11 +141,6 @@ def suggested_deps(stage_script: str) -> list[str]:
     return out
 
 
-if __name__ == "__main__":  # print each stage's src/ dependencies, for dvc.yaml
-    for name, spec in stages().items():
-        print(f"{name}:", *suggested_deps(spec["cmd"].split()[-1]), sep="\n  - ")
-
-
 def test_the_committed_dvc_lock_is_a_vendors_reference():
     """CI checks a machine's `dvc repro` against its CPU vendor's entry in
     tests/golden/pipeline.json (.ci/check_reference.py): the committed dvc.lock must be one
@@ -156,3 +151,9 @@ def test_the_committed_dvc_lock_is_a_vendors_reference():
     assert committed in references("pipeline").values(), (
         "dvc.lock's outputs are no vendor's reference in tests/golden/pipeline.json:\n"
         f"{committed}")
+
+
+if __name__ == "__main__":  # print each stage's src/ dependencies, for dvc.yaml
+    for name, spec in stages().items():
+        print(f"{name}:", *suggested_deps(spec["cmd"].split()[-1]), sep="\n  - ")
+

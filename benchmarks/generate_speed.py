@@ -1,7 +1,7 @@
 """Generation speed, in one run: characters per second for generated text with the
 key/value cache in eager PyTorch, in TorchScript (what model.ts's `generate` runs), on the
-torch.export programs (prefill.pt2 and decode.pt2) and on ONNX Runtime (prefill.onnx and
-decode.onnx), the last two with the library's Python loop (what the CLI and the app run);
+torch.export programs (prefill.pt2 and decode.pt2) and on ONNX Runtime (step.onnx, its
+cache written in place), the last two with the library's Python loop (what the CLI and the app run);
 one stream and a batch of 8 streams; and the time a token takes beside the arithmetic floor
 (the FLOPs of one token at this core's measured float32 matmul rate). Without --quick, also
 the cache-free loop (the window recomputed for every token).
@@ -93,7 +93,7 @@ def batch_generate(model: object, idx: torch.Tensor, n: int, temperature: float,
 
 
 def onnx_generator(model: GPT, export_dir: Path | None) -> ProgramGenerator:
-    """The export's ONNX graphs, or graphs written here from `model`."""
+    """The export's ONNX graph, or one written here from `model`."""
     from gptmini.serving.onnx_engine import OnnxGenerator, has_onnx, write_onnx
 
     if export_dir is None or not has_onnx(export_dir):

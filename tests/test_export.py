@@ -166,9 +166,9 @@ def test_export_holds_the_training_logs_and_a_readme(tmp_path):
 
     tiny = build_tiny_export(tmp_path / "tiny")
     names = sorted(p.name for p in tiny.directory.iterdir())
-    assert names == ["README.md", "decode.onnx", "decode.pt2", "eval_log.csv",
-                     "evaluation_metrics.json", "hf", "model.pt2", "model.ts", "prefill.onnx",
-                     "prefill.pt2", "tokenizer.json", "train_log.csv"]
+    assert names == ["README.md", "decode.pt2", "eval_log.csv", "evaluation_metrics.json", "hf",
+                     "model.pt2", "model.ts", "prefill.pt2", "step.onnx", "tokenizer.json",
+                     "train_log.csv"]
     readme = (tiny.directory / "README.md").read_text()
     assert readme.startswith(USAGE) and "model.generate(" in readme
     record = json.loads((tiny.directory / "evaluation_metrics.json").read_text())
@@ -184,7 +184,7 @@ def test_the_export_is_the_same_bytes_for_the_same_inputs(tmp_path):
     first = build_tiny_export(tmp_path / "a").directory
     second = build_tiny_export(tmp_path / "b").directory
     names = sorted(str(p.relative_to(first)) for p in first.rglob("*") if p.is_file())
-    assert {"model.ts", "model.pt2", "prefill.pt2", "decode.pt2", "prefill.onnx", "decode.onnx",
+    assert {"model.ts", "model.pt2", "prefill.pt2", "decode.pt2", "step.onnx",
             "hf/model.safetensors"} <= set(names)
     assert names == sorted(str(p.relative_to(second)) for p in second.rglob("*") if p.is_file())
     for name in names:

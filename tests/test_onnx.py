@@ -1,7 +1,7 @@
-"""ONNX Runtime generation on a tiny export (prefill.onnx, decode.onnx) and the engine
-choice that the CLI, the app and the MLflow pyfunc share: the eager model's tokens on every
-engine, dynamic batch and lengths, the same bytes on re-export, and the torch-alone path
-with onnx and onnxruntime absent."""
+"""ONNX Runtime generation on a tiny export (step.onnx) and the engine choice that the
+CLI, the app and the MLflow pyfunc share: the eager model's tokens on every engine, dynamic
+batch and lengths, the cache written in place, the same bytes on re-export, and the
+torch-alone path with onnx and onnxruntime absent."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from conftest import REPO
 from gptmini.serving.engines import ENGINES, EngineError, load_generator
 from gptmini.serving.export import load_export
 from gptmini.serving.generation import Sampling, token_stream
-from gptmini.serving.onnx_engine import DECODE_ONNX, PREFILL_ONNX, OnnxGenerator
-from gptmini.serving.steps import ProgramGenerator, cached_forward
+from gptmini.serving.onnx_engine import STEP_ONNX, OnnxGenerator
+from gptmini.serving.steps import CachedStep, ProgramGenerator, cached_forward
 from tiny_export import build_tiny_export
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -41,14 +41,16 @@ def test_auto_is_onnx_runtime_and_every_engine_gives_the_eager_tokens(tiny):
 
 
 def test_onnx_steps_take_any_batch_and_length(tiny):
-    """The graphs' batch, prompt length and cache length are dynamic: each prefill and
-    decode matches the eager steps' logits and cache, one step after another."""
+    """The graph's batch and number of new positions are dynamic: each prefill and decode
+    matches the eager steps' logits, one step after another, and the bound buffers hold
+    the eager cache: ONNX Runtime wrote every step's keys and values in place."""
     generator = load_generator(load_export(tiny.directory), "onnx")
     torch.manual_seed(0)
     with torch.no_grad():
         for batch, length in ((1, 1), (3, 5), (8, 24 - 4)):
             ids = torch.randint(0, tiny.tokenizer.vocab_size, (batch, length))
             logits, cache, window = generator.prefill(ids)
+            buffers = [buffer.numpy() for buffer in cache[0].buffers]  # views, not copies
             expected, past = cached_forward(tiny.model, ids, None)
             torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
             for _ in range(3):
@@ -56,7 +58,29 @@ def test_onnx_steps_take_any_batch_and_length(tiny):
                 logits, window = generator.extend(window, cache, next_id)
                 expected, past = cached_forward(tiny.model, next_id, past)
                 torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
-            assert tuple(cache[0][0].shape()) == (batch, 2, length + 3, 8)
+            assert cache[0].length == length + 3
+            eager = [t for pair in past for t in pair]
+            assert [b.shape for b in buffers] == [(batch, 2, 24, 8)] * len(eager)
+            for buffer, want in zip(buffers, eager, strict=True):
+                torch.testing.assert_close(torch.from_numpy(buffer[:, :, :length + 3]), want,
+                                           atol=1e-5, rtol=1e-5)
+
+
+def test_the_cached_step_is_the_eager_model(tiny):
+    """CachedStep (what step.onnx is exported from) with its custom attention op: a prompt
+    after an empty cache, then one token, then several at once, as the eager steps give."""
+    step = CachedStep(tiny.model)
+    torch.manual_seed(1)
+    ids = torch.randint(0, tiny.tokenizer.vocab_size, (2, 9))
+    cache = [torch.zeros(2, 2, 24, 8) for _ in range(2 * tiny.model.n_layer)]
+    with torch.no_grad():
+        logits, *cache = step(ids[:, :5], torch.tensor(0), *cache)
+        torch.testing.assert_close(logits, cached_forward(tiny.model, ids[:, :5], None)[0])
+        logits, *cache = step(ids[:, 5:6], torch.tensor(5), *cache)
+        torch.testing.assert_close(logits, cached_forward(tiny.model, ids[:, :6], None)[0])
+        logits, *cache = step(ids[:, 6:], torch.tensor(6), *cache)
+        torch.testing.assert_close(logits, cached_forward(tiny.model, ids, None)[0])
+        assert all(float(t[:, :, 9:].abs().max()) == 0 for t in cache)  # nothing past 9
 
 
 def test_an_engine_the_export_lacks_is_one_line(tiny, tmp_path):
@@ -64,10 +88,10 @@ def test_an_engine_the_export_lacks_is_one_line(tiny, tmp_path):
 
     copy = tmp_path / "export"
     shutil.copytree(tiny.directory, copy)
-    (copy / DECODE_ONNX).unlink()
+    (copy / STEP_ONNX).unlink()
     exported = load_export(copy)
     assert not isinstance(exported.generation_model, OnnxGenerator)  # auto: the next fastest
-    with pytest.raises(EngineError, match="engine 'onnx' is not available.*decode.onnx"):
+    with pytest.raises(EngineError, match="engine 'onnx' is not available.*step.onnx"):
         load_generator(exported, "onnx")
     with pytest.raises(EngineError, match="unknown engine 'tensorrt'"):
         load_generator(exported, "tensorrt")
@@ -117,8 +141,7 @@ def test_the_pyfunc_generates_with_onnx_runtime(tiny):
 
 def test_the_onnx_files_are_the_same_bytes_on_re_export(tiny, tmp_path):
     again = build_tiny_export(tmp_path / "again", block_size=24).directory
-    for name in (PREFILL_ONNX, DECODE_ONNX):
-        assert (again / name).read_bytes() == (tiny.directory / name).read_bytes(), name
+    assert (again / STEP_ONNX).read_bytes() == (tiny.directory / STEP_ONNX).read_bytes()
 
 
 # Runs in a fresh interpreter where onnx, onnxruntime and onnxscript cannot be imported.

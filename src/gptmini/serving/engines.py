@@ -1,6 +1,6 @@
 """Which engine generates: the one choice the CLI, the app and the MLflow pyfunc share.
 
-    onnx         prefill.onnx + decode.onnx on ONNX Runtime (needs `onnxruntime`)
+    onnx         step.onnx on ONNX Runtime, the cache written in place (needs `onnxruntime`)
     export       prefill.pt2 + decode.pt2, the torch.export programs
     torchscript  model.ts's own methods
     eager        the GPT rebuilt from model.ts's weights
@@ -43,8 +43,8 @@ def load_generator(exported: Any, engine: str = "auto") -> Any:
     if engine == "auto":
         engine = available[0]
     elif engine not in available:
-        raise EngineError(f"engine {engine!r} is not available: it needs prefill.onnx and "
-                          "decode.onnx in the export, and onnxruntime installed "
+        raise EngineError(f"engine {engine!r} is not available: it needs step.onnx in the "
+                          "export, and onnxruntime installed "
                           f"(available: {', '.join(available)})")
     if engine == "onnx":
         from gptmini.serving.onnx_engine import OnnxGenerator

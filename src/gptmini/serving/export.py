@@ -104,21 +104,36 @@ for _ in range(200):
 print(decode(new_ids))
 ```
 
-`prefill.onnx` and `decode.onnx` are the same two steps as ONNX graphs for ONNX Runtime
-(`pip install onnxruntime`), the cache one key and one value a layer (`past_key_0`,
-`past_value_0`, ... in; `present_key_0`, ... out), batch and lengths dynamic:
+`step.onnx` is prefill and decode in one ONNX graph for ONNX Runtime (`pip install
+onnxruntime`): `ids` (batch, S) at positions `length` .. `length` + S - 1 after a cache of
+`length` positions -> the next-token logits. The cache is one key and one value tensor a
+layer, each as long as the context (`past_key_0`, `past_value_0`, ... in; `present_key_0`,
+... out). Bind one buffer as both past and present and ONNX Runtime writes each step's keys
+and values into it in place:
 
 ```python
+import numpy as np
 import onnxruntime as ort
-prefill = ort.InferenceSession("prefill.onnx")
-step = ort.InferenceSession("decode.onnx")
-past_names = [i.name for i in step.get_inputs()[1:]]
-logits, *cache = prefill.run(None, {"ids": ids.numpy()})
-new_ids = []
-for _ in range(model.block_size - ids.size(1)):   # within the context (past it: as above)
+session = ort.InferenceSession("step.onnx")
+binding = session.io_binding()
+binding.bind_output("logits")  # the first output: get_outputs()[0] below
+batch, shape = ids.size(0), session.get_inputs()[2].shape[1:]  # n_head, context, head_size
+for past in session.get_inputs()[2:]:
+    buffer = ort.OrtValue.ortvalue_from_shape_and_type([batch, *shape], np.float32)
+    binding.bind_ortvalue_input(past.name, buffer)
+    binding.bind_ortvalue_output(past.name.replace("past_", "present_"), buffer)
+
+def run(new_ids, length):
+    binding.bind_cpu_input("ids", new_ids)
+    binding.bind_cpu_input("length", np.array(length, np.int64))
+    session.run_with_iobinding(binding)
+    return binding.get_outputs()[0].numpy()  # the logits; the cache stays in place
+
+logits, length, new_ids = run(ids.numpy(), 0), ids.size(1), []
+for _ in range(model.block_size - ids.size(1)):  # within the context (past it: as above)
     next_id = logits.argmax(-1)[:, None]
     new_ids.append(int(next_id[0, 0]))
-    logits, *cache = step.run(None, {"next_id": next_id, **dict(zip(past_names, cache))})
+    logits, length = run(next_id, length), length + 1
 print(decode(new_ids))
 ```
 
@@ -351,8 +366,7 @@ def describe(exported: LoadedExport) -> str:
         PROGRAM_FILE: "torch.export program of forward (dynamic batch and sequence length)",
         PREFILL_FILE: "torch.export program: prompt -> logits, KV cache (generation)",
         DECODE_FILE: "torch.export program: one token, KV cache -> logits, KV cache",
-        "prefill.onnx": "ONNX graph (ONNX Runtime): prompt -> logits, KV cache",
-        "decode.onnx": "ONNX graph (ONNX Runtime): one token, KV cache -> logits, KV cache",
+        "step.onnx": "ONNX graph (ONNX Runtime): tokens after a KV cache -> logits, cache",
         TOKENIZER_FILE: f"tokenizer: {describe_tokenizer(exported.tokenizer.definition())}",
         METRICS_FILE: "validation metrics, model configuration, weights sha256",
         TRAIN_LOG_FILE: "training loss by step",

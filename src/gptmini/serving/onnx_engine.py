@@ -1,11 +1,15 @@
-"""ONNX Runtime generation: the export's prefill and decode programs as ONNX graphs
-(prefill.onnx, decode.onnx), made by `torch.onnx.export(..., dynamo=True)` from the same
-torch.export programs as prefill.pt2 and decode.pt2, and `OnnxGenerator`, which runs them
-with `onnxruntime` under the library's loop and sampling (gptmini.serving.generation).
+"""ONNX Runtime generation: the export's step graph (step.onnx), made by
+`torch.onnx.export(..., dynamo=True)` from `CachedStep` (gptmini.serving.steps), and
+`OnnxGenerator`, which runs it with `onnxruntime` under the library's loop and sampling
+(gptmini.serving.generation).
 
-The key/value cache is an explicit input and output of the decode graph (one position
-longer out than in), batch and lengths dynamic. Between steps it stays an ONNX Runtime
-value: it is handed back to the next step without a copy into numpy or torch.
+One graph is both the prefill and the decode: `ids` (B, S) at positions `length` ..
+`length` + S - 1 after a cache of `length` positions. The cache is one key and one value
+tensor a layer as big as the context (past_key_i, past_value_i in; present_key_i,
+present_value_i out), and the attention is ONNX Runtime's GroupQueryAttention (the
+com.microsoft domain, which every CPU build of ONNX Runtime has). Bound to the same buffer
+as past and present through I/O binding, that kernel writes each step's keys and values in
+place: a token costs its arithmetic, not a copy of the cache.
 
 `onnx`, `onnxruntime` and `onnxscript` are imported here only, when a function needs them:
 the export's torch-alone path (model.ts, the .pt2 programs) never imports this module's
@@ -21,30 +25,75 @@ from typing import Any
 import torch
 
 from gptmini.model import GPT
-from gptmini.serving.steps import ProgramGenerator, step_programs
+from gptmini.serving.steps import ProgramGenerator, cached_step_program
 
-PREFILL_ONNX = "prefill.onnx"
-DECODE_ONNX = "decode.onnx"
+STEP_ONNX = "step.onnx"
 # 20: GELU is one Gelu node (in 18 the exporter spells it as five: Div, Erf, Add, Mul, Mul).
 OPSET = 20
+MS_DOMAIN = "com.microsoft"
 
 
-def onnx_bytes(program: torch.export.ExportedProgram, input_names: list[str],
-               output_names: list[str]) -> bytes:
-    """`program` as an ONNX model, serialized so that the same program gives the same
-    bytes: the exporter's metadata (stack traces with this checkout's paths, exporter
+def cache_names(n_layer: int) -> list[str]:
+    """key_0, value_0, key_1, ...: the graph's inputs are past_<name>, its outputs
+    present_<name>."""
+    return [f"{kind}_{i}" for i in range(n_layer) for kind in ("key", "value")]
+
+
+def _group_query_attention_op() -> Any:
+    """com.microsoft GroupQueryAttention as an onnxscript op, with the part of its schema
+    this graph uses (the onnx package carries no schema of ONNX Runtime's contrib ops, and
+    the exporter needs one to know the outputs)."""
+    import onnxscript
+    from onnx.defs import OpSchema
+
+    single, optional = (OpSchema.FormalParameterOption.Single,
+                        OpSchema.FormalParameterOption.Optional)
+    inputs = [("query", "T", single), ("key", "T", optional), ("value", "T", optional),
+              ("past_key", "T", optional), ("past_value", "T", optional),
+              ("seqlens_k", "M", single), ("total_sequence_length", "M", single)]
+    schema = OpSchema(
+        "GroupQueryAttention", MS_DOMAIN, 1,
+        inputs=[OpSchema.FormalParameter(name, kind, param_option=option)
+                for name, kind, option in inputs],
+        outputs=[OpSchema.FormalParameter(name, "T")
+                 for name in ("output", "present_key", "present_value")],
+        type_constraints=[("T", ["tensor(float)"], ""), ("M", ["tensor(int32)"], "")],
+        attributes=[OpSchema.Attribute("num_heads", OpSchema.AttrType.INT),
+                    OpSchema.Attribute("kv_num_heads", OpSchema.AttrType.INT)])
+    return onnxscript.values.Op(onnxscript.values.Opset(MS_DOMAIN, 1), schema.name, schema)
+
+
+def _translation_table() -> dict[Any, Any]:
+    """gptmini::cached_attention -> one GroupQueryAttention node (packed qkv, the key and
+    value inputs left empty)."""
+    group_query_attention = _group_query_attention_op()
+
+    def cached_attention(qkv, past_key, past_value, seqlens_k, total_length, n_head: int):
+        return group_query_attention(qkv, None, None, past_key, past_value, seqlens_k,
+                                     total_length, num_heads=n_head, kv_num_heads=n_head)
+
+    return {torch.ops.gptmini.cached_attention.default: cached_attention}
+
+
+def onnx_bytes(model: GPT) -> bytes:
+    """The model's CachedStep as an ONNX model, serialized so that the same model gives the
+    same bytes: the exporter's metadata (stack traces with this checkout's paths, exporter
     versions) is left out, and the names of the dynamic dimensions are torch.export's."""
     import onnx
 
-    onnx_program = torch.onnx.export(program, (), input_names=input_names,
-                                     output_names=output_names, dynamo=True,
-                                     opset_version=OPSET, verbose=False, optimize=True)
-    model = onnx_program.model_proto
-    _strip_metadata(model.graph)
-    del model.metadata_props[:]
-    model.producer_version = ""
+    cache = cache_names(model.n_layer)
+    onnx_program = torch.onnx.export(
+        cached_step_program(model), (), input_names=["ids", "length",
+                                                     *(f"past_{n}" for n in cache)],
+        output_names=["logits", *(f"present_{n}" for n in cache)], dynamo=True,
+        opset_version=OPSET, verbose=False, optimize=True,
+        custom_translation_table=_translation_table())
+    proto = onnx_program.model_proto
+    _strip_metadata(proto.graph)
+    del proto.metadata_props[:]
+    proto.producer_version = ""
     buffer = io.BytesIO()
-    onnx.save_model(model, buffer)
+    onnx.save_model(proto, buffer)
     return buffer.getvalue()
 
 
@@ -61,26 +110,51 @@ def _strip_metadata(graph: Any) -> None:
 
 
 def write_onnx(model: GPT, out_dir: Path) -> None:
-    """prefill.onnx and decode.onnx in out_dir: the steps in the flat layout (a key and a
-    value tensor a layer, gptmini.serving.steps)."""
-    prefill, decode = step_programs(model, flat=True)
-    cache = [f"{kind}_{i}" for i in range(model.n_layer) for kind in ("key", "value")]
-    (out_dir / PREFILL_ONNX).write_bytes(
-        onnx_bytes(prefill, ["ids"], ["logits", *(f"present_{n}" for n in cache)]))
-    (out_dir / DECODE_ONNX).write_bytes(
-        onnx_bytes(decode, ["next_id", *(f"past_{n}" for n in cache)],
-                   ["logits", *(f"present_{n}" for n in cache)]))
+    """step.onnx in out_dir."""
+    (out_dir / STEP_ONNX).write_bytes(onnx_bytes(model))
 
 
 def has_onnx(directory: Path) -> bool:
-    return all((directory / name).is_file() for name in (PREFILL_ONNX, DECODE_ONNX))
+    return (directory / STEP_ONNX).is_file()
+
+
+class _Cache:
+    """One generation's cache on ONNX Runtime: a buffer per layer's keys and one per its
+    values, (B, n_head, block_size, head_size), each bound as both past and present, and a
+    logits buffer, all in one I/O binding made once; `length` is the positions filled."""
+
+    def __init__(self, session: Any, batch: int, shape: tuple[int, ...], vocab: int) -> None:
+        import numpy as np
+        import onnxruntime as ort
+
+        self.session, self.length = session, 0
+        self.binding = session.io_binding()
+        self.buffers = [ort.OrtValue.ortvalue_from_shape_and_type((batch, *shape), np.float32)
+                        for _ in range(len(session.get_inputs()) - 2)]
+        names = [arg.name.removeprefix("past_") for arg in session.get_inputs()[2:]]
+        for name, buffer in zip(names, self.buffers, strict=True):
+            self.binding.bind_ortvalue_input(f"past_{name}", buffer)
+            self.binding.bind_ortvalue_output(f"present_{name}", buffer)
+        self.logits = np.empty((batch, vocab), np.float32)
+        self.binding.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(self.logits))
+
+    def run(self, ids: torch.Tensor, length: int) -> torch.Tensor:
+        """ids (B, S) after `length` cached positions -> the logits after the last of them
+        (a copy: the buffer is the next step's)."""
+        import numpy as np
+
+        self.binding.bind_cpu_input("ids", ids.contiguous().numpy())
+        self.binding.bind_cpu_input("length", np.array(length, np.int64))
+        self.session.run_with_iobinding(self.binding)
+        self.length = length + ids.size(1)
+        return torch.from_numpy(self.logits.copy())
 
 
 class OnnxGenerator(ProgramGenerator):
-    """KV-cache generation on prefill.onnx and decode.onnx with ONNX Runtime on the CPU:
-    ProgramGenerator's steps (those `token_stream` calls) with the two graphs as its prefill
-    and decode functions, so the same seed gives the same tokens as the other engines up to
-    float rounding. The cache it holds is an ONNX Runtime value."""
+    """KV-cache generation on step.onnx with ONNX Runtime on the CPU: ProgramGenerator's
+    steps (those `token_stream` calls) with the graph as its prefill (length 0, a new cache)
+    and its decode (one token after the cache's length), so the same seed gives the same
+    tokens as the other engines up to float rounding."""
 
     def __init__(self, directory: Path, block_size: int, threads: int | None = None) -> None:
         import onnxruntime as ort
@@ -91,23 +165,16 @@ class OnnxGenerator(ProgramGenerator):
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        sessions = [ort.InferenceSession(str(directory / name), options,
-                                         providers=["CPUExecutionProvider"])
-                    for name in (PREFILL_ONNX, DECODE_ONNX)]
-        as_value = ort.OrtValue.ortvalue_from_numpy
+        session = ort.InferenceSession(str(directory / STEP_ONNX), options,
+                                       providers=["CPUExecutionProvider"])
+        past = session.get_inputs()[2].shape  # [batch, n_head, block_size, head_size]
+        vocab = session.get_outputs()[0].shape[1]
 
-        # Names looked up once: a session builds new objects for them on every call.
-        names = [([arg.name for arg in session.get_inputs()],
-                  [arg.name for arg in session.get_outputs()]) for session in sessions]
+        def prefill(ids: torch.Tensor) -> tuple[torch.Tensor, _Cache]:
+            cache = _Cache(session, ids.size(0), tuple(past[1:]), vocab)
+            return cache.run(ids, 0), cache
 
-        def step(which: int, ids: torch.Tensor, past: tuple[Any, ...] = ()
-                 ) -> tuple[torch.Tensor, tuple[Any, ...]]:
-            # Token ids go in as numpy views of the torch tensors; logits come back as a
-            # torch tensor on the output's memory; the cache stays ONNX Runtime values.
-            inputs, outputs = names[which]
-            feeds = dict(zip(inputs, (as_value(ids.contiguous().numpy()), *past), strict=True))
-            logits, *cache = sessions[which].run_with_ort_values(outputs, feeds)
-            return torch.from_numpy(logits.numpy()), tuple(cache)
+        def decode(next_id: torch.Tensor, cache: _Cache) -> tuple[torch.Tensor, _Cache]:
+            return cache.run(next_id, cache.length), cache
 
-        super().__init__(lambda ids: step(0, ids),
-                         lambda next_id, past: step(1, next_id, past), block_size)
+        super().__init__(prefill, decode, block_size)

@@ -18,7 +18,7 @@ import yaml
 
 from conftest import needs_tiktoken
 from pipeline_project import PipelineProject
-from references import mismatch, outs_hashes
+from references import mismatch, outs_hashes, unrecorded
 
 pytestmark = pytest.mark.slow
 STAGES = ("download", "tokenize", "train", "evaluate", "export")
@@ -168,6 +168,8 @@ def test_every_machine_reproduces_the_committed_outputs_byte_for_byte(project):
     change the numbers, commit the hashes this test prints."""
     got = outs_hashes(project.first_lock)
     assert len(got) == 10
+    if unrecorded("tiny_pipeline", got):
+        pytest.skip(unrecorded("tiny_pipeline", got))
     problem = mismatch("tiny_pipeline", got)
     assert not problem, problem
 

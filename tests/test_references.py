@@ -1,6 +1,6 @@
 """The per-vendor reference bits (tests/references.py): a check that fails on another
-vendor's bits and on a vendor without an entry, and recording that drops the entries a
-change of the numbers made stale."""
+vendor's bits, a vendor without an entry that is told so with its bits, and recording
+that drops the entries a change of the numbers made stale."""
 
 from __future__ import annotations
 
@@ -27,8 +27,12 @@ def test_a_machine_is_checked_against_its_own_vendors_entry(golden, monkeypatch)
     assert references.mismatch("pipeline", OLD) == ""
     problem = references.mismatch("pipeline", NEW)
     assert "GenuineIntel" in problem and "data/model, metrics/train.json" in problem
+    assert references.unrecorded("pipeline", NEW) == ""
     monkeypatch.setattr(references, "cpu_vendor", lambda: "HygonGenuine")
     assert "no reference for HygonGenuine" in references.mismatch("pipeline", OLD)
+    said = references.unrecorded("pipeline", OLD)
+    assert "no reference for HygonGenuine CPUs yet" in said and '"c.dir"' not in said
+    assert "AuthenticAMD, GenuineIntel" in said and '"a.dir"' in said
 
 
 def test_recording_new_numbers_drops_the_other_vendors_entries(golden):

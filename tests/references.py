@@ -36,28 +36,27 @@ def unrecorded(name: str, got: dict[str, str]) -> str:
     saying it has none yet and what this machine made. A change of the numbers recorded on
     one vendor's CPU leaves the others without one until a run on their CPUs records it:
     the check says so and cannot check their bits, rather than fail every run there."""
-    vendor = cpu_vendor()
-    if vendor in references(name):
+    vendor, refs = cpu_vendor(), references(name)
+    if vendor in refs:
         return ""
     return (f"tests/golden/{name}.json holds no reference for {vendor} CPUs yet (recorded "
-            f"on {', '.join(sorted(references(name))) or 'no vendor'}); this machine made:\n"
+            f"on {', '.join(sorted(refs)) or 'no vendor'}); this machine made:\n"
             f"{json.dumps(got, indent=2)}")
 
 
 def mismatch(name: str, got: dict[str, str]) -> str:
     """'' when `got` equals this CPU vendor's reference `name`, else one paragraph saying
-    what differs (or that the vendor has no reference) and what this machine made."""
+    what differs (or that the vendor has no reference: `unrecorded`) and what this machine
+    made."""
     vendor = cpu_vendor()
     expected = references(name).get(vendor)
     if expected is None:
-        why = f"tests/golden/{name}.json holds no reference for {vendor} CPUs"
-    elif got == expected:
+        return unrecorded(name, got)
+    if got == expected:
         return ""
-    else:
-        differ = sorted(p for p in {*got, *expected} if got.get(p) != expected.get(p))
-        why = (f"on this {vendor} CPU the outputs differ from tests/golden/{name}.json "
-               f"in {', '.join(differ)}")
-    return f"{why}; this machine made:\n{json.dumps(got, indent=2)}"
+    differ = sorted(p for p in {*got, *expected} if got.get(p) != expected.get(p))
+    return (f"on this {vendor} CPU the outputs differ from tests/golden/{name}.json in "
+            f"{', '.join(differ)}; this machine made:\n{json.dumps(got, indent=2)}")
 
 
 def record(name: str, got: dict[str, str]) -> str:

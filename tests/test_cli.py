@@ -294,3 +294,29 @@ def test_relative_path_variables_are_made_absolute_first(tiny, tmp_path, capsys,
 def test_the_app_binds_127_0_0_1_unless_told():
     assert build_parser().parse_args(["app"]).host == "127.0.0.1"
     assert build_parser().parse_args(["app", "--host", "0.0.0.0"]).host == "0.0.0.0"
+
+
+def test_team_dvc_remote_takes_keys_that_begin_with_a_dash(tmp_path):
+    """A url-safe secret begins with '-' one time in 64 (CI met one): `gptmini team
+    dvc-remote` must give it to `dvc remote modify` as the value, not as an option."""
+    import configparser
+
+    from gptmini.team import stack as team
+    from gptmini.team.cli import configure_dvc
+
+    state, repo = tmp_path / "state", tmp_path / "repo"
+    state.mkdir()
+    repo.mkdir()
+    keys = {"s3_access_key_id": "-GMKEY", "s3_secret_access_key": "-k58ZYx4HAtKG8CNYL9FAe"}
+    (state / "secrets.json").write_text(json.dumps(keys))
+    stack = team.Stack(state=str(state), pgdata="", pg_port=1, s3_port=9000, mlflow_port=2)
+    dvc = os.path.join(os.path.dirname(sys.executable), "dvc")
+    subprocess.run([dvc, "init", "--no-scm", "-q"], cwd=repo, check=True, timeout=120)
+    configure_dvc(stack, repo)
+    config = configparser.ConfigParser()
+    config.read(repo / ".dvc" / "config.local")
+    remote = config["'remote \"team\"'"]  # DVC's config writes the quotes
+    assert (remote["url"], remote["endpointurl"]) == ("s3://gptmini/dvc", stack.s3_url)
+    assert remote["access_key_id"] == keys["s3_access_key_id"]
+    assert remote["secret_access_key"] == keys["s3_secret_access_key"]
+    assert config["core"]["remote"] == "team"

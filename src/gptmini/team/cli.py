@@ -27,12 +27,12 @@ def dvc_remote_commands(stack: team.Stack, remote: str = DVC_REMOTE) -> list[lis
     """`dvc remote` commands that make the stack's bucket this checkout's default remote,
     all in the git-ignored .dvc/config.local (the endpoint's port is this machine's)."""
     values = stack.secrets()
-    return [["dvc", "remote", "add", "--local", "-d", "-f", remote, stack.dvc_url],
-            ["dvc", "remote", "modify", "--local", remote, "endpointurl", stack.s3_url],
-            ["dvc", "remote", "modify", "--local", remote, "access_key_id",
-             values["s3_access_key_id"]],
-            ["dvc", "remote", "modify", "--local", remote, "secret_access_key",
-             values["s3_secret_access_key"]]]
+    # `--` ends the options: a value may begin with a dash (a url-safe secret does 1 time in 64)
+    return [["dvc", "remote", "add", "--local", "-d", "-f", "--", remote, stack.dvc_url],
+            *(["dvc", "remote", "modify", "--local", "--", remote, option, value]
+              for option, value in (("endpointurl", stack.s3_url),
+                                    ("access_key_id", values["s3_access_key_id"]),
+                                    ("secret_access_key", values["s3_secret_access_key"])))]
 
 
 def configure_dvc(stack: team.Stack, repo: Path, remote: str = DVC_REMOTE) -> None:

@@ -53,18 +53,39 @@ def _add_engine(parser: argparse.ArgumentParser) -> None:
     from gptmini.serving.engines import CHOICES
 
     parser.add_argument("--engine", choices=CHOICES, default="auto",
-                        help="what generates: onnx (ONNX Runtime), export (torch.export "
-                             "programs), torchscript (model.ts), eager; default auto, the "
-                             "fastest the export and the installed packages allow")
+                        help="what generates: onnx (ONNX Runtime), aoti (the torch.export "
+                             "programs compiled here, once: `gptmini compile`), torchscript "
+                             "(model.ts), export (torch.export programs), eager; default "
+                             "auto, the fastest the export and the installed packages allow")
 
 
 def _load(args: argparse.Namespace):
     from dataclasses import replace
 
+    from gptmini.serving.aoti_engine import is_built
     from gptmini.serving.registry import load_model
 
     exported = load_model(args.model or args.export_dir or default_export_dir())
-    return replace(exported, engine=getattr(args, "engine", "auto"))
+    engine = getattr(args, "engine", "auto")
+    if engine == "aoti" and not is_built(exported.directory):
+        print("note: compiling the export's programs for this CPU with AOTInductor (once; "
+              "a minute or more)", file=sys.stderr)
+    return replace(exported, engine=engine)
+
+
+# -- compile --------------------------------------------------------------------------------
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from gptmini.serving.aoti_engine import built_dir
+
+    args.engine = "aoti"
+    start = time.perf_counter()
+    exported = _load(args)
+    exported.generation_model  # noqa: B018 (builds the compiled programs, or loads them)
+    print(f"compiled programs in {built_dir(exported.directory)}/ "
+          f"({time.perf_counter() - start:.0f} s); `--engine aoti` runs them, and `auto` "
+          "where ONNX Runtime is absent")
+    return 0
 
 
 # -- generate -------------------------------------------------------------------------------
@@ -292,6 +313,13 @@ def build_parser() -> argparse.ArgumentParser:
                       help="the outbox file (default: data/volatile/mlflow_outbox.json of the "
                            "project you are in)")
     sync.set_defaults(func=cmd_mlflow_sync)
+
+    comp = sub.add_parser("compile", help="compile the export's programs for this CPU "
+                          "(AOTInductor)", description="Compile prefill.pt2 and decode.pt2 "
+                          "with AOTInductor into this machine's cache (once per export, "
+                          "torch version and CPU; needs a C++ compiler): the `aoti` engine.")
+    _add_export_dir(comp)
+    comp.set_defaults(func=cmd_compile)
 
     info = sub.add_parser("info", help="what the export holds",
                           description="The export's files, model, tokenizer and metrics.")

@@ -27,6 +27,8 @@ from gptmini.data.tokenizers import Tokenizer, from_definition
 from gptmini.model import GPT
 from gptmini.report import describe_model, describe_tokenizer, metrics_line, metrics_markdown
 from gptmini.serving.steps import (
+    DECODE_FILE,
+    PREFILL_FILE,
     ProgramGenerator,
     example_prompt,
     export_program,
@@ -36,8 +38,6 @@ from gptmini.training.checkpoint import load_checkpoint, model_from_checkpoint
 
 MODEL_FILE = "model.ts"
 PROGRAM_FILE = "model.pt2"
-PREFILL_FILE = "prefill.pt2"
-DECODE_FILE = "decode.pt2"
 TOKENIZER_FILE = "tokenizer.json"
 METRICS_FILE = "evaluation_metrics.json"
 TRAIN_LOG_FILE = "train_log.csv"

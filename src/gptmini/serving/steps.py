@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from gptmini.model import GPT, sample_next, seeded_generator, window_keep
 
 KV = list[tuple[torch.Tensor, torch.Tensor]]  # a (keys, values) pair a layer
+PREFILL_FILE, DECODE_FILE = "prefill.pt2", "decode.pt2"  # step_programs' files in an export
 
 
 def cached_forward(model: GPT, idx: torch.Tensor, past: KV | None
@@ -220,7 +221,9 @@ def step_programs(model: GPT
     shape, dtype = (2, model.n_head, length, model.head_size), model.wte.weight.dtype
     prefill = export_program(Prefill(model), (ids,), {"idx": ids_shape})
     cache = torch.zeros(model.n_layer, 2, *shape, dtype=dtype)
-    decode = export_program(Decode(model), (ids[:, :1], cache),
+    # A contiguous example token: a program records its inputs' strides, and compiled
+    # kernels (AOTInductor) index with them, so a slice's row stride would read wrong rows.
+    decode = export_program(Decode(model), (ids[:, :1].contiguous(), cache),
                             {"next_id": {0: ids_shape[0]}, "cache": {2: ids_shape[0], 4: past}})
     return prefill, decode
 

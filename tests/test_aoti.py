@@ -97,10 +97,10 @@ def test_a_failed_build_is_one_line_and_leaves_no_folder(built, tmp_path, monkey
                 and not p.name.startswith(".")]
 
 
-def test_cli_compile_then_engine_aoti(built, capsys, monkeypatch):
+def test_cli_compile_then_engine_aoti(built, capsys):
     from gptmini.serving.cli import main
 
-    tiny, exported, _, _ = built
+    tiny = built[0]
     assert main(["compile", "--export-dir", str(tiny.directory)]) == 0
     out = capsys.readouterr().out
     assert str(aoti_engine.built_dir(tiny.directory)) in out and "--engine aoti" in out

@@ -50,9 +50,12 @@ def built_dir(directory: Path) -> Path:
     return cache_root() / build_key(directory)
 
 
-def is_built(directory: Path) -> bool:
-    folder = built_dir(directory)
+def _complete(folder: Path) -> bool:
     return (folder / PREFILL_FILE).is_file() and (folder / DECODE_FILE).is_file()
+
+
+def is_built(directory: Path) -> bool:
+    return _complete(built_dir(directory))
 
 
 def compile_programs(programs: dict[str, torch.export.ExportedProgram], folder: Path) -> None:
@@ -66,8 +69,8 @@ def compile_programs(programs: dict[str, torch.export.ExportedProgram], folder: 
 def build(directory: Path) -> Path:
     """The folder of the compiled programs of the export in `directory`, compiled now
     unless the cache has them (under the same names); written whole or not at all."""
-    folder = built_dir(directory)
-    if not is_built(directory):
+    folder = built_dir(directory)  # the key hashes both programs: once
+    if not _complete(folder):
         with atomic_dir(folder) as tmp:
             compile_programs({name: torch.export.load(directory / name)
                               for name in (PREFILL_FILE, DECODE_FILE)}, tmp)

@@ -54,18 +54,42 @@ def test_onnx_steps_take_any_batch_and_length(tiny):
             logits, cache, window = generator.prefill(ids)
             buffers = [buffer.numpy() for buffer in cache[0].buffers]  # views, not copies
             expected, past = cached_forward(tiny.model, ids, None)
-            torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
+            # The generator's logits are numpy arrays; extend takes a tensor as well.
+            torch.testing.assert_close(torch.from_numpy(logits), expected, atol=1e-5,
+                                       rtol=1e-5)
             for _ in range(3):
-                next_id = logits.argmax(-1, keepdim=True)
+                next_id = expected.argmax(-1, keepdim=True)
                 logits, window = generator.extend(window, cache, next_id)
                 expected, past = cached_forward(tiny.model, next_id, past)
-                torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
+                torch.testing.assert_close(torch.from_numpy(logits), expected, atol=1e-5,
+                                           rtol=1e-5)
             assert cache[0].length == length + 3
             eager = [t for pair in past for t in pair]
             assert [b.shape for b in buffers] == [(batch, 2, 24, 8)] * len(eager)
             for buffer, want in zip(buffers, eager, strict=True):
                 torch.testing.assert_close(torch.from_numpy(buffer[:, :, :length + 3]), want,
                                            atol=1e-5, rtol=1e-5)
+
+
+@torch.inference_mode()
+def test_a_batch_keeps_its_rows_through_cache_restarts(tiny):
+    """Three different rows, 60 tokens past the 24-token context, greedy and sampled: each
+    row's tokens are the eager model's, through the numpy window's restarts (a strided
+    slice of the batch's window) and the sampled ids going back in as numpy arrays."""
+    generator = load_generator(load_export(tiny.directory), "onnx")
+    torch.manual_seed(3)
+    prompts = torch.randint(0, tiny.tokenizer.vocab_size, (3, 10))
+    for temperature, seed in ((0.0, 1), (0.9, 5)):
+        expected = tiny.model.generate(prompts, 60, temperature, 0, 1.0, seed)
+        rng = generator.new_generator(seed)
+        logits, cache, window = generator.prefill(prompts)
+        rows = []
+        for i in range(60):
+            next_id = generator.sample(logits, temperature, 0, 1.0, rng)
+            rows.append(torch.as_tensor(next_id))
+            if i + 1 < 60:
+                logits, window = generator.extend(window, cache, next_id)
+        assert torch.equal(torch.cat(rows, dim=1), expected), temperature
 
 
 def test_the_cached_step_is_the_eager_model(tiny):

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from gptmini.model import GPT
+from gptmini.model import GPT, sample_next
 from gptmini.serving.steps import ProgramGenerator, cached_step_program
 
 STEP_ONNX = "step.onnx"
@@ -145,32 +145,38 @@ class _Cache:
                             "length": ort.OrtValue.ortvalue_from_numpy(self.step_length)}
         self.step_bound = False
 
-    def run(self, ids: torch.Tensor, length: int) -> torch.Tensor:
-        """ids (B, S) after `length` cached positions -> the logits after the last of them
-        (a copy: the buffer is the next step's)."""
+    def run(self, ids: Any, length: int) -> Any:
+        """ids (B, S), a numpy array, after `length` cached positions -> the logits (B, V)
+        after the last of them, a numpy array (a copy: the buffer is the next step's)."""
         import numpy as np
 
-        if ids.size(1) == 1:  # a decode step: into the arrays bound for it
-            self.step_ids[...] = ids.numpy()
+        if ids.shape[1] == 1:  # a decode step: into the arrays bound for it
+            self.step_ids[...] = ids
             self.step_length[...] = length
             if not self.step_bound:
                 for name, value in self.step_inputs.items():
                     self.binding.bind_ortvalue_input(name, value)
                 self.step_bound = True
         else:
-            self.binding.bind_cpu_input("ids", ids.contiguous().numpy())
+            self.binding.bind_cpu_input("ids", ids)  # copied: any strides
             self.binding.bind_cpu_input("length", np.array(length, np.int64))
             self.step_bound = False
         self.session.run_with_iobinding(self.binding)
-        self.length = length + ids.size(1)
-        return torch.from_numpy(self.logits.copy())
+        self.length = length + ids.shape[1]
+        return self.logits.copy()
 
 
 class OnnxGenerator(ProgramGenerator):
     """KV-cache generation on step.onnx with ONNX Runtime on the CPU: ProgramGenerator's
     steps (those `token_stream` calls) with the graph as its prefill (length 0, a new cache)
     and its decode (one token after the cache's length), so the same seed gives the same
-    tokens as the other engines up to float rounding."""
+    tokens as the other engines up to float rounding.
+
+    Its logits, window and sampled ids are numpy arrays, which ONNX Runtime takes as they
+    are (`token_stream` reads a sampled id with `.item()`, as from a tensor; `extend` takes
+    a tensor too): with ONNX Runtime's step this fast, the torch ops around it (an argmax,
+    a concatenation, conversions, several microseconds each) were about a sixth of a
+    token's time. Sampling at a temperature is sample_next's, on a tensor sharing memory."""
 
     def __init__(self, directory: Path, block_size: int, threads: int | None = None) -> None:
         import onnxruntime as ort
@@ -186,11 +192,33 @@ class OnnxGenerator(ProgramGenerator):
         past = session.get_inputs()[2].shape  # [batch, n_head, block_size, head_size]
         vocab = session.get_outputs()[0].shape[1]
 
-        def prefill(ids: torch.Tensor) -> tuple[torch.Tensor, _Cache]:
-            cache = _Cache(session, ids.size(0), tuple(past[1:]), vocab)
-            return cache.run(ids, 0), cache
+        def prefill(ids: Any) -> tuple[Any, _Cache]:
+            cache = _Cache(session, ids.shape[0], tuple(past[1:]), vocab)
+            return cache.run(_array(ids), 0), cache
 
-        def decode(next_id: torch.Tensor, cache: _Cache) -> tuple[torch.Tensor, _Cache]:
-            return cache.run(next_id, cache.length), cache
+        def decode(next_id: Any, cache: _Cache) -> tuple[Any, _Cache]:
+            return cache.run(_array(next_id), cache.length), cache
 
         super().__init__(prefill, decode, block_size)
+
+    def prefill(self, idx: torch.Tensor) -> tuple[Any, list[_Cache], Any]:
+        logits, cache, window = super().prefill(idx)
+        return logits, cache, _array(window)
+
+    def sample(self, logits: Any, temperature: float, top_k: int, top_p: float,
+               generator: torch.Generator | None) -> Any:
+        if temperature == 0.0:  # numpy's argmax takes the first maximum, as torch's does
+            return logits.argmax(axis=-1, keepdims=True)
+        return sample_next(torch.from_numpy(logits), temperature, top_k, top_p,
+                           generator).numpy()
+
+    @staticmethod
+    def _append(window: Any, next_id: Any) -> Any:
+        import numpy as np
+
+        return np.concatenate([window, _array(next_id)], axis=1)
+
+
+def _array(ids: Any) -> Any:
+    """ids given as a numpy array or as a CPU tensor, as a numpy array (no copy)."""
+    return ids.numpy() if isinstance(ids, torch.Tensor) else ids

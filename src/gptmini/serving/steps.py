@@ -273,14 +273,19 @@ class ProgramGenerator:
                ) -> tuple[torch.Tensor, torch.Tensor]:
         """As GPT.extend: one token while the window has room, else the last window_keep
         tokens prefilled again."""
-        pos = window.size(1)
-        window = torch.cat([window, next_id], dim=1)
+        pos = window.shape[1]
+        window = self._append(window, next_id)
         if pos < self.block_size:
             logits, cache[0] = self._decode(next_id, cache[0])
             return logits, window
         window = window[:, -self.window_keep:]
         logits, cache[0] = self._prefill(window)
         return logits, window
+
+    @staticmethod
+    def _append(window: Any, next_id: torch.Tensor) -> Any:
+        """The window with next_id (B, 1) after it."""
+        return torch.cat([window, next_id], dim=1)
 
     def sample(self, logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
                generator: torch.Generator | None) -> torch.Tensor:

@@ -35,7 +35,6 @@ import argparse
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -190,15 +189,6 @@ def floors(model: GPT, start: int, n: int, threads: int) -> dict[str, float]:
             "batch": max(BATCH * step, weight_read) + BATCH * restart}
 
 
-def best_time(run: Callable[[], torch.Tensor], repeats: int) -> tuple[float, torch.Tensor]:
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = run()
-        best = min(best, time.perf_counter() - start)
-    return best, out
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--export-dir", type=Path, default=Path("data/export"))
@@ -221,7 +211,8 @@ def main() -> int:
     parser.add_argument("--temperature", type=float, default=0.0,
                         help="0 (default): greedy, the goals' setting")
     parser.add_argument("--seed", type=int, default=1337)
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs each; best counts")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="rounds of timed runs, every way once a round; the best counts")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch and ONNX Runtime threads (default 1, as the app and CLI "
                              "use)")
@@ -282,8 +273,14 @@ def main() -> int:
             for name, run in runs.items():
                 if "without" not in name:
                     run()
-        for name, run in runs.items():
-            seconds[name], tokens[name] = best_time(run, args.repeats)
+        # Rounds, each running every way once; a way's fastest run counts. A slow spell of
+        # a shared machine then slows every way in its round alike, not one way's runs.
+        for _ in range(args.repeats):
+            for name, run in runs.items():
+                start = time.perf_counter()
+                tokens[name] = run()
+                elapsed = time.perf_counter() - start
+                seconds[name] = min(seconds.get(name, float("inf")), elapsed)
     single, batched = tokens["KV cache, eager"], tokens[f"KV cache, eager, batch {BATCH}"]
     if not all(torch.equal(t, batched if t.size(0) == BATCH else single)
                for t in tokens.values()):
@@ -295,8 +292,8 @@ def main() -> int:
     print(f"GPT-Mini generation: {n_chars} characters after {args.prompt!r} "
           f"({source}, {model.num_parameters():,} parameters, context {model.block_size})")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), best of "
-          f"{args.repeats}, temperature {temp}, seed {seed}; the same tokens all "
-          f"{len(runs)} ways (a batch: {BATCH} copies of the prompt)")
+          f"{args.repeats} interleaved rounds, temperature {temp}, seed {seed}; the same "
+          f"tokens all {len(runs)} ways (a batch: {BATCH} copies of the prompt)")
     for name, value in speed.items():
         per_token = seconds[name] / n * 1e3
         print(f"  {name:<42}{value:>10,.0f} chars/s  {per_token:7.3f} ms a step")

@@ -5,6 +5,7 @@ through `models:/gptmini@champion`, and served by a real `mlflow models serve` p
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -204,22 +205,34 @@ def _stop(process: subprocess.Popen) -> None:
             process.wait(timeout=20)
 
 
+@contextlib.contextmanager
+def served(model_uri: str, root: Path, name: str):
+    """`mlflow models serve` of model_uri on a free port, stopped afterwards; yields a
+    function that posts a request body to /invocations and returns the decoded answer."""
+    port = free_port()
+    mlflow_cli = str(Path(sys.executable).parent / "mlflow")
+    process = _start([mlflow_cli, "models", "serve", "-m", model_uri, "--env-manager",
+                      "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                     root / f"{name}.log", root, f"http://127.0.0.1:{port}/ping")
+
+    def invoke(body):
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations", data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return json.loads(response.read())
+
+    try:
+        yield invoke
+    finally:
+        _stop(process)
+    assert process.poll() is not None
+
+
 @pytest.mark.slow
 def test_mlflow_models_serve_answers_invocations(store):
     tiny, _, _, root, _, _ = store
-    port = free_port()
-    mlflow_cli = str(Path(sys.executable).parent / "mlflow")
-    process = _start([mlflow_cli, "models", "serve", "-m", CHAMPION_URI, "--env-manager",
-                      "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                     root / "serve.log", root, f"http://127.0.0.1:{port}/ping")
-    try:
-        def invoke(body):
-            request = urllib.request.Request(
-                f"http://127.0.0.1:{port}/invocations", data=json.dumps(body).encode(),
-                headers={"Content-Type": "application/json"})
-            with urllib.request.urlopen(request, timeout=120) as response:
-                return json.loads(response.read())
-
+    with served(CHAMPION_URI, root, "serve") as invoke:
         answer = invoke({"dataframe_split": {"columns": ["prompt"], "data": [["ROMEO:"]]},
                          "params": {"max_new_tokens": 50, "seed": 9, "temperature": 0.7}})
         assert answer == {"predictions": [expected(tiny, "ROMEO:", 50, 9, temperature=0.7)]}
@@ -229,9 +242,44 @@ def test_mlflow_models_serve_answers_invocations(store):
             invoke({"inputs": {"prompt": ["x"]}, "params": {"temperature": -1.0}})
         assert error.value.code == 400
         assert "temperature = -1.0: must be a number, 0 or more" in error.value.read().decode()
-    finally:
-        _stop(process)
-    assert process.poll() is not None
+
+
+def test_the_hugging_face_folder_is_logged_as_a_transformers_model(store):
+    """hf/ beside the project's model, in the same run: a fresh process loads it with
+    MLflow's transformers flavor, never importing gptmini. The pipeline's greedy
+    continuation is the project's; the pyfunc's is that text stripped of white space at
+    its ends (MLflow strips every text-generation output)."""
+    tiny, published, _, root, _, run_id = store
+    assert published.hf_model_uri is not None
+    assert published.hf_model_uri in published.describe()
+    logged = mlflow.get_logged_model(published.hf_model_uri.removeprefix("models:/"))
+    assert logged.source_run_id == run_id and logged.name == "hf"
+    prompts = ["ROMEO:", "JULIET:"]
+    out = python(f"""
+import json, sys, mlflow
+pipe = mlflow.transformers.load_model({published.hf_model_uri!r})
+native = [out[0]["generated_text"] for out in pipe({prompts!r}, max_new_tokens=12,
+                                                   do_sample=False, return_full_text=False)]
+model = mlflow.pyfunc.load_model({published.hf_model_uri!r})
+texts = model.predict({prompts!r}, params={{"max_new_tokens": 12, "do_sample": False}})
+print(json.dumps({{"pipeline": type(pipe).__name__, "native": native, "pyfunc": list(texts),
+                   "gptmini": any(m.startswith("gptmini") for m in sys.modules)}}))
+""", root)
+    result = json.loads(out.strip().splitlines()[-1])
+    greedy = [expected(tiny, p, 12, 0, temperature=0.0) for p in prompts]
+    assert any(text != text.strip() for text in greedy)  # the stripping is seen
+    assert result == {"pipeline": "TextGenerationPipeline", "gptmini": False,
+                      "native": greedy, "pyfunc": [text.strip() for text in greedy]}
+
+
+@pytest.mark.slow
+def test_mlflow_models_serve_serves_the_hugging_face_model(store):
+    tiny, published, _, root, _, _ = store
+    with served(published.hf_model_uri, root, "serve-hf") as invoke:
+        answer = invoke({"inputs": ["ROMEO:"],
+                         "params": {"max_new_tokens": 15, "do_sample": False}})
+    greedy = expected(tiny, "ROMEO:", 15, 0, temperature=0.0)
+    assert answer == {"predictions": [greedy.strip()]}
 
 
 @pytest.mark.app

@@ -7,6 +7,12 @@ its validation BPC (from the export's evaluation_metrics.json) is lower than the
 champion's: BPC compares models with different tokenizers. Each version carries its BPC,
 tokenizer and weights hash as tags.
 
+The same run also holds the export's Hugging Face folder (`hf/`) as a model of MLflow's
+transformers flavor, `hf`: a text-generation pipeline that `mlflow.transformers.load_model`
+and `mlflow.pyfunc.load_model` load and `mlflow models serve` serves, with transformers
+alone. It is logged, not registered: the registry's versions and their champion are the
+project's model.
+
 `load_model` takes an export directory or an MLflow model URI (`models:/gptmini@champion`,
 `models:/gptmini/3`, `runs:/<run id>/model`, `models:/m-<id>`) and returns the loaded
 export, whichever way it was named.
@@ -17,22 +23,24 @@ from __future__ import annotations
 import atexit
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from gptmini.core.errors import first_line
-from gptmini.serving.export import MLFLOW_ARTIFACT, ExportError, LoadedExport, load_export
+from gptmini.serving.export import HF_DIR, MLFLOW_ARTIFACT, ExportError, LoadedExport, load_export
 
 REGISTERED_MODEL = "gptmini"
 CHAMPION = "champion"
 BPC_TAG = "val_bpc"
 MODEL_NAME = "model"            # the model's name in its run
+HF_MODEL_NAME = "hf"            # the Hugging Face folder's, in the same run
 URI_SCHEMES = ("models:/", "runs:/")
 # What the model needs where it is loaded, besides its own copy of gptmini's code.
 REQUIREMENTS = ("mlflow", "torch", "numpy", "pandas", "tiktoken", "pydantic", "pyyaml",
                 "onnxruntime")  # onnxruntime: the pyfunc generates with the fastest engine
+HF_REQUIREMENTS = ("transformers", "tokenizers", "safetensors", "torch")
 
 
 @dataclass(frozen=True)
@@ -42,19 +50,22 @@ class Published:
     bpc: float | None
     champion_bpc: float | None  # the champion's before this version (None: there was none)
     promoted: bool
+    hf_model_uri: str | None = None  # the transformers-flavor model (None: no hf/ folder)
 
     def describe(self) -> str:
         was = ("no champion before" if self.champion_bpc is None
                else f"champion's {self.champion_bpc:.4f}")
         verdict = "now @champion" if self.promoted else "champion unchanged"
         bpc = "no BPC" if self.bpc is None else f"val BPC {self.bpc:.4f}"
-        return f"registered {REGISTERED_MODEL} version {self.version} ({bpc}; {was}): {verdict}"
+        hf = "" if self.hf_model_uri is None else f"; hf/ logged as {self.hf_model_uri}"
+        return (f"registered {REGISTERED_MODEL} version {self.version} ({bpc}; {was}): "
+                f"{verdict}{hf}")
 
 
-def requirements() -> list[str]:
-    """The installed versions of what the model imports (a local version such as torch's
+def requirements(names: tuple[str, ...] = REQUIREMENTS) -> list[str]:
+    """The installed versions of what a model imports (a local version such as torch's
     +cpu left out, so that pip can install it)."""
-    return [f"{name}=={metadata.version(name).split('+')[0]}" for name in REQUIREMENTS]
+    return [f"{name}=={metadata.version(name).split('+')[0]}" for name in names]
 
 
 def log_model(export_dir: str | Path) -> Any:
@@ -75,6 +86,38 @@ def log_model(export_dir: str | Path) -> Any:
             artifacts={MLFLOW_ARTIFACT: str(Path(export_dir).resolve())},
             code_paths=[str(code)], signature=signature(), input_example=input_example(),
             pip_requirements=requirements())
+
+
+def hf_signature() -> Any:
+    """A string in, its continuation out (the prompt not repeated), and the generation
+    settings a request may change, with the folder's generation_config.json defaults."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+
+    defaults = {"max_new_tokens": ("long", 200), "do_sample": ("boolean", True),
+                "temperature": ("double", 0.8), "top_k": ("long", 0), "top_p": ("double", 1.0)}
+    return ModelSignature(
+        inputs=Schema([ColSpec("string")]), outputs=Schema([ColSpec("string")]),
+        params=ParamSchema([ParamSpec(name, kind, default)
+                            for name, (kind, default) in defaults.items()]))
+
+
+def log_hf_model(export_dir: str | Path) -> Any | None:
+    """Log the export's hf/ folder as a transformers-flavor model (a text-generation
+    pipeline) in the active run; None for an export without the folder."""
+    folder = Path(export_dir) / HF_DIR
+    if not folder.is_dir():
+        return None
+    import mlflow
+    import transformers
+
+    # A pipeline, not the folder's path: MLflow 3.17 reads the folder's task through a
+    # pipeline registry that transformers 5 changed (an AttributeError).
+    pipe = transformers.pipeline("text-generation", model=str(folder), device="cpu")
+    return mlflow.transformers.log_model(
+        transformers_model=pipe, name=HF_MODEL_NAME, signature=hf_signature(),
+        model_config={"return_full_text": False},
+        pip_requirements=requirements(HF_REQUIREMENTS))
 
 
 def _bpc(record: dict[str, Any]) -> float | None:
@@ -118,9 +161,11 @@ def register(model_uri: str, record: dict[str, Any], name: str = REGISTERED_MODE
 
 def publish(export_dir: str | Path, record: dict[str, Any]) -> Published:
     """Log the export as an MLflow Model in the active run, register it, and apply the
-    champion rule."""
+    champion rule; log its Hugging Face folder beside it."""
     info = log_model(export_dir)
-    return register(info.model_uri, record)
+    published = register(info.model_uri, record)
+    hf = log_hf_model(export_dir)
+    return replace(published, hf_model_uri=None if hf is None else hf.model_uri)
 
 
 def export_stage(params: Any = None) -> dict[str, Any]:

@@ -112,8 +112,9 @@ def log_hf_model(export_dir: str | Path) -> Any | None:
     import transformers
 
     # A pipeline, not the folder's path: MLflow 3.17 reads the folder's task through a
-    # pipeline registry that transformers 5 changed (an AttributeError).
-    pipe = transformers.pipeline("text-generation", model=str(folder), device="cpu")
+    # pipeline registry that transformers 5 changed (an AttributeError). The absolute
+    # path: MLflow looks a model's card up on the Hub when its name could be a repo id.
+    pipe = transformers.pipeline("text-generation", model=str(folder.resolve()), device="cpu")
     return mlflow.transformers.log_model(
         transformers_model=pipe, name=HF_MODEL_NAME, signature=hf_signature(),
         model_config={"return_full_text": False},

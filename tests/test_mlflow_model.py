@@ -254,6 +254,11 @@ def test_the_hugging_face_folder_is_logged_as_a_transformers_model(store):
     assert published.hf_model_uri in published.describe()
     logged = mlflow.get_logged_model(published.hf_model_uri.removeprefix("models:/"))
     assert logged.source_run_id == run_id and logged.name == "hf"
+    # Its params' defaults: generation_config.json's sampling, the pyfunc's 200 new tokens.
+    info = mlflow.models.get_model_info(published.hf_model_uri)
+    assert {p.name: p.default for p in info.signature.params} == {
+        "max_new_tokens": 200, "do_sample": True, "temperature": 0.8, "top_k": 0,
+        "top_p": 1.0}
     prompts = ["ROMEO:", "JULIET:"]
     out = python(f"""
 import json, sys, mlflow

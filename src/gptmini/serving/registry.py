@@ -88,18 +88,25 @@ def log_model(export_dir: str | Path) -> Any:
             pip_requirements=requirements())
 
 
-def hf_signature() -> Any:
+def hf_signature(folder: Path) -> Any:
     """A string in, its continuation out (the prompt not repeated), and the generation
-    settings a request may change, with the folder's generation_config.json defaults."""
+    settings a request may change: their defaults the folder's generation_config.json, and
+    the project pyfunc's number of new tokens."""
+    import json
+
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
-    defaults = {"max_new_tokens": ("long", 200), "do_sample": ("boolean", True),
-                "temperature": ("double", 0.8), "top_k": ("long", 0), "top_p": ("double", 1.0)}
-    return ModelSignature(
-        inputs=Schema([ColSpec("string")]), outputs=Schema([ColSpec("string")]),
-        params=ParamSchema([ParamSpec(name, kind, default)
-                            for name, (kind, default) in defaults.items()]))
+    from gptmini.serving.hf import GENERATION_CONFIG_FILE
+    from gptmini.serving.mlflow_model import PARAMS
+
+    config = json.loads((folder / GENERATION_CONFIG_FILE).read_text())
+    kinds = {"do_sample": "boolean", "temperature": "double", "top_k": "long",
+             "top_p": "double"}
+    params = [ParamSpec("max_new_tokens", "long", PARAMS["max_new_tokens"][1])]
+    params += [ParamSpec(name, kind, config[name]) for name, kind in kinds.items()]
+    return ModelSignature(inputs=Schema([ColSpec("string")]),
+                          outputs=Schema([ColSpec("string")]), params=ParamSchema(params))
 
 
 def log_hf_model(export_dir: str | Path) -> Any | None:
@@ -116,7 +123,7 @@ def log_hf_model(export_dir: str | Path) -> Any | None:
     # path: MLflow looks a model's card up on the Hub when its name could be a repo id.
     pipe = transformers.pipeline("text-generation", model=str(folder.resolve()), device="cpu")
     return mlflow.transformers.log_model(
-        transformers_model=pipe, name=HF_MODEL_NAME, signature=hf_signature(),
+        transformers_model=pipe, name=HF_MODEL_NAME, signature=hf_signature(folder),
         model_config={"return_full_text": False},
         pip_requirements=requirements(HF_REQUIREMENTS))
 

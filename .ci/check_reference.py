@@ -2,9 +2,9 @@
 dvc.lock must record the committed dvc.lock's inputs (every stage's code, data and params)
 and, for every output, the md5 that tests/golden/pipeline.json holds for this CPU's vendor
 (the bits are the same on every CPU generation of a vendor, not across vendors:
-tests/references.py). Exit 1, saying what differs, otherwise. A vendor with no entry yet
-(the numbers changed on another vendor's CPU) is reported, with the bits this machine
-made, and not checked.
+tests/references.py). Exit 1, saying what differs, otherwise. The outputs a vendor's
+entry does not hold yet (their numbers changed on another vendor's CPU) are reported,
+with the bits this machine made, and not checked.
 
     python .ci/check_reference.py            # check
     python .ci/check_reference.py --record   # make this run its vendor's reference
@@ -39,11 +39,11 @@ committed = yaml.safe_load(subprocess.run(["git", "show", "HEAD:dvc.lock"], chec
 if inputs(made) != inputs(committed):
     sys.exit("CI: dvc repro ran on other inputs than the committed dvc.lock records "
              "(a code, data or params change not committed with its dvc.lock)")
-missing = unrecorded("pipeline", outs_hashes(made))
-if missing:  # the inputs are checked above; the bits have nothing to be checked against
-    print(f"CI: NOT CHECKED: {missing}")
-    sys.exit(0)
 problem = mismatch("pipeline", outs_hashes(made))
 if problem:
     sys.exit(f"CI: dvc repro did not reproduce the committed reference: {problem}")
+missing = unrecorded("pipeline", outs_hashes(made))
+if missing:  # the inputs are checked above; these bits have nothing to be checked against
+    print(f"CI: NOT CHECKED: {missing}")
+    sys.exit(0)
 print("CI: dvc repro made the committed reference bits for this CPU's vendor")

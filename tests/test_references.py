@@ -1,6 +1,6 @@
 """The per-vendor reference bits (tests/references.py): a check that fails on another
-vendor's bits, a vendor without an entry that is told so with its bits, and recording
-that drops the entries a change of the numbers made stale."""
+vendor's bits, outputs a vendor's entry lacks reported with their bits and never failed,
+and recording that drops from the other vendors only the outputs whose numbers changed."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import pytest
 
 import references
 
-OLD = {"data/model": "a.dir", "metrics/train.json": "b"}
-NEW = {"data/model": "c.dir", "metrics/train.json": "d"}
+DATA = {"data/tokens": "t.dir"}
+OLD = {**DATA, "data/model": "a.dir", "metrics/train.json": "b"}
+NEW = {**DATA, "data/model": "c.dir", "metrics/train.json": "d"}
 
 
 @pytest.fixture
@@ -29,17 +30,33 @@ def test_a_machine_is_checked_against_its_own_vendors_entry(golden, monkeypatch)
     assert "GenuineIntel" in problem and "data/model, metrics/train.json" in problem
     assert references.unrecorded("pipeline", NEW) == ""
     monkeypatch.setattr(references, "cpu_vendor", lambda: "HygonGenuine")
-    assert "no reference for HygonGenuine" in references.mismatch("pipeline", OLD)
+    assert references.mismatch("pipeline", OLD) == ""
     said = references.unrecorded("pipeline", OLD)
     assert "no reference for HygonGenuine CPUs yet" in said and '"c.dir"' not in said
     assert "AuthenticAMD, GenuineIntel" in said and '"a.dir"' in said
 
 
-def test_recording_new_numbers_drops_the_other_vendors_entries(golden):
+def test_a_partial_entry_checks_what_it_holds_and_names_the_rest(golden):
+    (golden / "pipeline.json").write_text(json.dumps({"GenuineIntel": DATA}))
+    assert references.compare("pipeline", NEW) == ([], ["data/model", "metrics/train.json"])
+    assert references.mismatch("pipeline", NEW) == ""
+    said = references.unrecorded("pipeline", NEW)
+    assert "data/model, metrics/train.json" in said and '"t.dir"' not in said
+    assert "data/tokens" in references.mismatch("pipeline", {**NEW, "data/tokens": "x.dir"})
+
+
+def test_recording_new_numbers_drops_only_the_changed_outputs_elsewhere(golden):
     assert references.record("pipeline", OLD).endswith("GenuineIntel unchanged")
-    assert set(references.references("pipeline")) == {"AuthenticAMD", "GenuineIntel"}
+    assert references.references("pipeline") == {"AuthenticAMD": NEW, "GenuineIntel": OLD}
     said = references.record("pipeline", NEW)
-    assert "dropped AuthenticAMD" in said
+    assert "dropped AuthenticAMD's data/model, metrics/train.json" in said
+    assert references.references("pipeline") == {"AuthenticAMD": DATA, "GenuineIntel": NEW}
+
+
+def test_an_entry_left_empty_is_removed(golden):
+    (golden / "pipeline.json").write_text(json.dumps({"AuthenticAMD": {"data/model": "a.dir"},
+                                                      "GenuineIntel": OLD}))
+    references.record("pipeline", NEW)
     assert references.references("pipeline") == {"GenuineIntel": NEW}
 
 
@@ -47,4 +64,4 @@ def test_recording_a_new_vendor_keeps_the_others(golden, monkeypatch):
     monkeypatch.setattr(references, "cpu_vendor", lambda: "HygonGenuine")
     assert "dropped" not in references.record("pipeline", NEW)
     assert set(references.references("pipeline")) == {"AuthenticAMD", "GenuineIntel",
-                                                       "HygonGenuine"}
+                                                      "HygonGenuine"}

@@ -19,8 +19,9 @@ from gptmini.training.checkpoint import load_checkpoint, model_from_checkpoint
 TINY_PARAMS = {
     "model": {"n_layer": 2, "n_embd": 32, "n_head": 2, "block_size": 32, "dropout": 0.0},
     # budget_chars: 40 steps of 8 x 32 characters
-    "train": {"device": "cpu", "batch_size": 8, "budget_chars": 40 * 8 * 32, "warmup_steps": 5,
-              "eval_interval": 10, "eval_iters": 2, "learning_rate": 3e-3},
+    "train": {"device": "cpu", "batch_size": 8, "data_order": "random",
+              "budget_chars": 40 * 8 * 32, "warmup_steps": 5, "eval_interval": 10,
+              "eval_iters": 2, "learning_rate": 3e-3},
     "evaluate": {"batch_size": 8, "device": "cpu"},
 }
 

@@ -182,20 +182,20 @@ CHAR = (1_003_854, 1_003_854)  # the real corpus's train split: characters, char
 GPT2 = (1_003_854, 301_966)    # and in gpt2 BPE tokens (3.32 characters a token)
 
 
-def test_the_char_budget_buys_the_default_1150_steps_and_bpe_the_same_text():
+def test_the_char_budget_buys_the_default_2300_steps_and_bpe_the_same_text():
     params = load_params(REPO / "params.yaml")
-    assert params.train.budget_chars == 1150 * 32 * 256
-    assert params.train_steps(*CHAR) == 1150
+    assert params.train.budget_chars == 2300 * 16 * 256
+    assert params.train_steps(*CHAR) == 2300
     bpe_steps = params.train_steps(*GPT2)
-    assert bpe_steps == round(9_420_800 / (32 * 256 * 1_003_854 / 301_966)) == 346
+    assert bpe_steps == round(9_420_800 / (16 * 256 * 1_003_854 / 301_966)) == 692
     # the same characters, to within half a step
-    assert abs(bpe_steps * 32 * 256 * GPT2[0] / GPT2[1] - 9_420_800) <= 32 * 256 * 3.33 / 2
+    assert abs(bpe_steps * 16 * 256 * GPT2[0] / GPT2[1] - 9_420_800) <= 16 * 256 * 3.33 / 2
 
 
 def test_the_budget_counts_every_process_and_rounds_to_the_nearest_step():
     raw = with_value("train.processes", 2)
-    assert parse_params(raw).train_steps(*CHAR) == 575  # each step reads 2 x 32 x 256
-    step = 32 * 256
+    assert parse_params(raw).train_steps(*CHAR) == 1150  # each step reads 2 x 16 x 256
+    step = 16 * 256
     for budget, steps in ((step * 10 + step // 2 - 1, 10), (step * 10 + step // 2 + 1, 11),
                           (step // 2 + 1, 1)):
         raw = with_value("train.budget_chars", budget)
@@ -204,17 +204,17 @@ def test_the_budget_counts_every_process_and_rounds_to_the_nearest_step():
 
 
 def test_warmup_must_be_shorter_than_the_steps_the_budget_buys():
-    params = parse_params(with_value("train.warmup_steps", 346))
-    assert params.train_steps(*CHAR) == 1150
+    params = parse_params(with_value("train.warmup_steps", 692))
+    assert params.train_steps(*CHAR) == 2300
     with pytest.raises(ConfigError) as err:
         params.train_steps(*GPT2)
     assert str(err.value) == (
-        "params.yaml: train.warmup_steps = 346: must be < the 346 steps that "
-        "train.budget_chars = 9420800 buys, 32 x 1 x 256 tokens a step (batch_size x "
+        "params.yaml: train.warmup_steps = 692: must be < the 692 steps that "
+        "train.budget_chars = 9420800 buys, 16 x 1 x 256 tokens a step (batch_size x "
         "processes x block_size) at 3.324 characters per token")
     tiny = parse_params(with_value("train.budget_chars", 100))
     with pytest.raises(ConfigError, match=r"^params.yaml: train.budget_chars = 100: must buy "
-                                          r"at least one step of 32 x 1 x 256 tokens"):
+                                          r"at least one step of 16 x 1 x 256 tokens"):
         tiny.train_steps(*CHAR)
 
 

@@ -153,7 +153,8 @@ def test_keep_best_saves_the_weights_of_the_best_step(tokens, tmp_path):
     from gptmini.training.checkpoint import load_checkpoint, save_checkpoint
 
     # AdamW at a rate this high overshoots: the last step is not the best one
-    trainer = tiny_trainer(tokens, optimizer="adamw", learning_rate=0.05, min_lr=0.05, steps=30)
+    trainer = tiny_trainer(tokens, optimizer="adamw", learning_rate=0.05, min_lr=0.05, steps=30,
+                           data_order="random")
     at_eval = {}
 
     def keep(row):

@@ -99,6 +99,9 @@ class TrainConfig(_Strict):
     seed: int = Field(ge=0, le=2**32 - 1)
     device: Device
     batch_size: int = Field(ge=1, le=65536)
+    data_order: Literal["random", "epochs"] = Field(description=(
+        "random: each training window drawn anywhere, with replacement; epochs: every "
+        "non-overlapping window once per epoch, a fresh offset and order each epoch"))
     budget_chars: int = Field(ge=1, le=10**13, description=(
         "characters of training text to read; the number of steps follows from the batch, "
         "the context, the processes and the train split's characters per token"))

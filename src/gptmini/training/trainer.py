@@ -28,35 +28,8 @@ from gptmini.core.device import Distributed, autocast, seed_everything
 from gptmini.core.progress import progress_bar
 from gptmini.core.stage import Interrupted
 from gptmini.model import GPT
+from gptmini.training.batches import SAMPLERS, BatchSampler
 from gptmini.training.muon import Muon, ns_dtype_for
-
-
-class BatchSampler:
-    """Random contiguous windows of a token array (a memmap: nothing is read up front)."""
-
-    def __init__(self, tokens: np.ndarray, block_size: int, batch_size: int, seed: int) -> None:
-        if len(tokens) <= block_size:
-            raise ValueError(f"{len(tokens)} tokens cannot fill one window of {block_size} + 1")
-        self.tokens, self.block_size, self.batch_size = tokens, block_size, batch_size
-        self.rng = np.random.default_rng(seed)
-        self._offsets = np.arange(block_size + 1)
-
-    def sample(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        starts = self.rng.integers(0, len(self.tokens) - self.block_size, size=self.batch_size)
-        windows = torch.from_numpy(self.tokens[starts[:, None] + self._offsets].astype(np.int64))
-        if device.type == "cuda":
-            windows = windows.pin_memory().to(device, non_blocking=True)
-        else:
-            windows = windows.to(device)
-        return windows[:, :-1], windows[:, 1:]
-
-    @property
-    def state(self) -> dict[str, Any]:
-        return self.rng.bit_generator.state
-
-    @state.setter
-    def state(self, value: dict[str, Any]) -> None:
-        self.rng.bit_generator.state = value
 
 
 def lr_at(step: int, cfg: TrainConfig, steps: int) -> float:
@@ -244,7 +217,7 @@ class Trainer:
         if cfg.compile:
             self.step_model = torch.compile(self.step_model)
         block, bs, seed = model.block_size, cfg.batch_size, cfg.seed + 1000 * self.dist.rank
-        self.samplers = {"train": BatchSampler(train_tokens, block, bs, seed),
+        self.samplers = {"train": SAMPLERS[cfg.data_order](train_tokens, block, bs, seed),
                          "eval_train": BatchSampler(train_tokens, block, bs, seed + 1),
                          "eval_val": BatchSampler(val_tokens, block, bs, seed + 2)}
         self.optimizer = make_optimizer(model, cfg, device, dtype)

@@ -69,6 +69,7 @@ BAD = [
     ("train.device", "tpu", "one of auto, cpu, cuda, mps"),
     ("train.optimizer", "sgd", "one of adamw, muon"),
     ("train.schedule", "linear", "one of cosine, wsd"),
+    ("train.data_order", "shuffled", "one of random, epochs"),
     ("train.decay_fraction", 0.0, "> 0.0 and <= 1.0"),
     ("train.muon_momentum", 1.0, ">= 0.0 and < 1.0"),
     ("train.seed", True, "must be int"),
@@ -261,3 +262,16 @@ def test_the_schema_rejects_what_the_loader_rejects(validator, raw):
     assert list(validator.iter_errors(raw))
     with pytest.raises(ConfigError):
         parse_params(raw)
+
+
+def test_a_device_this_machine_lacks_is_one_line_naming_the_key():
+    import torch
+
+    from gptmini.core.device import pick_device
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ConfigError) as err:
+        pick_device("cuda", key="train.device")
+    assert str(err.value) == ("params.yaml: train.device = cuda: CUDA is not available on "
+                              "this machine; allowed here: auto, cpu")

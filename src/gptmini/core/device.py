@@ -20,6 +20,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from gptmini.core.config import ConfigError
+
 
 @dataclass
 class Distributed:
@@ -41,8 +43,9 @@ class Distributed:
 
 
 
-def pick_device(name: str, local_rank: int = 0) -> torch.device:
-    """`auto` picks cuda, then mps, then cpu; any other name is used as given."""
+def pick_device(name: str, local_rank: int = 0, key: str = "device") -> torch.device:
+    """`auto` picks cuda, then mps, then cpu; any other name is used as given. A device
+    this machine lacks is a bad value of params.yaml's `key`, said in one line."""
     if name == "auto":
         if torch.cuda.is_available():
             name = "cuda"
@@ -52,10 +55,12 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
             name = "cpu"
     if name == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("device 'cuda' was asked for but CUDA is not available")
+            raise ConfigError(f"params.yaml: {key} = cuda: CUDA is not available on this "
+                              "machine; allowed here: auto, cpu")
         return torch.device("cuda", local_rank)
     if name == "mps" and not torch.backends.mps.is_available():
-        raise RuntimeError("device 'mps' was asked for but MPS is not available")
+        raise ConfigError(f"params.yaml: {key} = mps: MPS is not available on this machine; "
+                          "allowed here: auto, cpu")
     return torch.device(name)
 
 
@@ -66,11 +71,12 @@ def relaunch_with_torchrun(processes: int, script: str) -> int:
     return subprocess.run(cmd).returncode
 
 
-def init_distributed(device_name: str) -> tuple[Distributed, torch.device]:
+def init_distributed(device_name: str, key: str = "train.device"
+                     ) -> tuple[Distributed, torch.device]:
     """Join the torchrun job this process belongs to (nccl on CUDA, gloo on CPU), if any."""
     if "LOCAL_RANK" not in os.environ:
-        return Distributed(), pick_device(device_name)
-    device = pick_device(device_name, int(os.environ["LOCAL_RANK"]))
+        return Distributed(), pick_device(device_name, key=key)
+    device = pick_device(device_name, int(os.environ["LOCAL_RANK"]), key)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")

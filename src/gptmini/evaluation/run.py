@@ -22,6 +22,7 @@ from gptmini.training.checkpoint import load_checkpoint, model_from_checkpoint
 
 
 def evaluate(params: Params) -> dict[str, float]:
+    device = pick_device(params.evaluate.device, key="evaluate.device")
     definition = json.loads(paths.TOKENIZER_JSON.read_text())
     counts = json.loads(paths.COUNTS_JSON.read_text())
     val = load_tokens(paths.TOKENS_DIR / "val.bin", definition["dtype"])
@@ -29,7 +30,7 @@ def evaluate(params: Params) -> dict[str, float]:
     n_chars = counts["val"]["chars"] - len(from_definition(definition).decode([int(val[0])]))
     model = model_from_checkpoint(load_checkpoint(paths.CHECKPOINT))
     metrics = evaluate_tokens(model, val, n_chars, batch_size=params.evaluate.batch_size,
-                              device=pick_device(params.evaluate.device))
+                              device=device)
     write_json(paths.EVALUATE_METRICS, metrics)
     with pipeline_run("evaluate", flatten({"evaluate": params.to_dict()["evaluate"]})):
         import mlflow

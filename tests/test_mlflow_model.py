@@ -119,6 +119,15 @@ def test_bad_sampling_params_are_a_clear_invalid_parameter_error(store):
         model.predict(prompts, params={"top_p": 1.5})
     with pytest.raises(mlflow.exceptions.MlflowException, match="must be at most 2000"):
         model.predict(prompts, params={"max_new_tokens": 10**6})
+    for params, said in (({"temperature": float("nan")}, "temperature = nan"),
+                         ({"temperature": -1.0}, "temperature = -1.0"),
+                         ({"top_k": 0}, "top-k = 0")):
+        with pytest.raises(mlflow.exceptions.MlflowException, match=said):
+            model.predict(prompts, params=params)
+    for prompt, said in (("x" * 100_001, "at most 100,000"), ("h\u00e9", r"U\+00E9")):
+        with pytest.raises(mlflow.exceptions.MlflowException, match=said):
+            model.predict({"prompt": [prompt]}, params={"max_new_tokens": 5})
+    assert model.predict({"prompt": [""]}, params={"max_new_tokens": 5, "seed": 1})
 
 
 def test_champion_moves_only_to_a_version_with_a_lower_bpc(store):

@@ -31,11 +31,17 @@ from gptmini.data.text import InputError
 from gptmini.evaluation.metrics import encode_text, surprise
 from gptmini.report import describe_model, metrics_line, metrics_markdown
 from gptmini.serving.export import EVAL_LOG_FILE, TRAIN_LOG_FILE, LoadedExport
-from gptmini.serving.generation import Sampling, prepare_prompt, random_seed, stream
+from gptmini.serving.generation import (
+    MAX_PROMPT_CHARS,
+    Sampling,
+    prepare_prompt,
+    random_seed,
+    stream,
+    within_limit,
+)
 from gptmini.serving.inspection import attention_figure, candidates_frame, inspect_ids
 
 MAX_NEW_TOKENS = 2000       # per request, so one request cannot hold a worker for long
-MAX_PROMPT_CHARS = 100_000
 MAX_EVAL_CHARS = 10_000     # the coloured picture has one element per token
 UPDATE_SECONDS = 0.05       # how often streamed text is pushed to the page
 CONCURRENCY = 2             # requests computed at once, all tabs together (one thread each)
@@ -137,22 +143,13 @@ def _user_error(exc: Exception) -> gr.Error:
     return gr.Error(html.escape(str(exc), quote=False), print_exception=False)
 
 
-def _within_limit(prompt: str | None) -> str:
-    """The prompt ("" for none); InputError past MAX_PROMPT_CHARS."""
-    prompt = prompt or ""
-    if len(prompt) > MAX_PROMPT_CHARS:
-        raise InputError(f"the prompt is {len(prompt):,} characters: at most "
-                         f"{MAX_PROMPT_CHARS:,} here")
-    return prompt
-
-
 def generate(exported: LoadedExport, prompt: str, temperature: float, top_k: int,
              top_p: float, length: int, seed: int | None, stop: str | None = None
              ) -> Iterator[tuple[str, str]]:
     """The Generate tab: the text so far and its statistics, every UPDATE_SECONDS."""
     tokenizer = exported.tokenizer
     try:
-        prompt = _within_limit(prompt)
+        prompt = within_limit(prompt)
         if _is_negative(seed):
             seed = None  # the field's "-1: random"
         sampling = Sampling.from_user(length=length, temperature=temperature, top_k=top_k,
@@ -195,7 +192,7 @@ def evaluate(exported: LoadedExport, text: str) -> tuple[str, str, dict[str, flo
 def inspect(exported: LoadedExport, prompt: str, k: int) -> tuple[Any, Any, str]:
     """The Inspect tab: the attention maps, the next-token candidates and the notes."""
     try:
-        prompt = _within_limit(prompt)
+        prompt = within_limit(prompt)
         if not isinstance(k, int | float) or k != int(k) or not 1 <= k <= 20:
             raise InputError(f"top-k = {k!r}: must be a whole number from 1 to 20")
         checked = prepare_prompt(prompt, exported.tokenizer, exported.block_size)

@@ -90,6 +90,20 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 # -- generate -------------------------------------------------------------------------------
 
+def _stdin_text() -> str:
+    """The prompt piped in, which must be UTF-8 (a terminal's text is)."""
+    from gptmini.data.text import InputError
+
+    if not hasattr(sys.stdin, "buffer"):  # already text (an embedding program's stdin)
+        return sys.stdin.read()
+    data = sys.stdin.buffer.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"the prompt is not UTF-8 text: byte 0x{data[exc.start]:02x} at "
+                         f"offset {exc.start}") from None
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
@@ -99,8 +113,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from gptmini.serving.generation import Sampling, prepare_prompt, random_seed, stream
 
     torch.set_num_threads(args.threads)
-    prompt_text = sys.stdin.read() if args.prompt == "-" else args.prompt
+    prompt_text = _stdin_text() if args.prompt == "-" else args.prompt
     exported = _load(args)
+    model = exported.generation_model  # a broken engine file fails before any output
     sampling = Sampling.from_user(length=args.length, temperature=args.temperature,
                                   top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                                   stop=args.stop, vocab_size=exported.tokenizer.vocab_size)
@@ -114,7 +129,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         out.write(printable(prompt.text))
         out.flush()
     start, n_chars = time.perf_counter(), 0
-    for piece in stream(exported.generation_model, exported.tokenizer, prompt, sampling):
+    for piece in stream(model, exported.tokenizer, prompt, sampling):
         out.write(printable(piece))
         out.flush()
         n_chars += len(piece)

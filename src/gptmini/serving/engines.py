@@ -39,6 +39,36 @@ def available_engines(exported: Any) -> list[str]:
     return [*found, "torchscript", "export", "eager"]  # every export holds the .pt2 programs
 
 
+def _first_logits(model: Any, idx: Any) -> list:
+    """The logits of the prefill of `idx` and of one decode step after it (greedy)."""
+    import torch
+
+    logits, cache, window = model.prefill(idx)
+    next_id = model.sample(logits, 0.0, 0, 1.0, model.new_generator(0))
+    after, _ = model.extend(window, cache, next_id)
+    return [torch.as_tensor(x).float() for x in (logits, after)]
+
+
+def _verified(generator: Any, exported: Any, engine: str) -> Any:
+    """`generator`, once its logits over the whole context match model.ts's (whose
+    weights load_export checked against the recorded hash): a corrupted engine file that
+    still parses would otherwise generate garbage without a word."""
+    import torch
+
+    if generator is exported.model:
+        return generator
+    n = exported.block_size - 1  # every position: the decode step fills the last one
+    idx = (torch.arange(n, dtype=torch.long) % exported.tokenizer.vocab_size).unsqueeze(0)
+    with torch.inference_mode():
+        expected, got = _first_logits(exported.model, idx), _first_logits(generator, idx)
+    if any(g.shape != e.shape or not torch.allclose(g, e, atol=1e-3, rtol=1e-3)
+           for g, e in zip(got, expected, strict=True)):
+        raise EngineError(f"engine {engine!r}: its files in {exported.directory}/ do not "
+                          "compute model.ts's logits: they are corrupted; export again "
+                          "(dvc repro -f -s export)")
+    return generator
+
+
 def load_generator(exported: Any, engine: str = "auto") -> Any:
     """The generation model of `engine` (or the fastest available for "auto") for a
     gptmini.serving.export.LoadedExport: anything `gptmini.serving.generation.token_stream`
@@ -48,14 +78,23 @@ def load_generator(exported: Any, engine: str = "auto") -> Any:
     available = available_engines(exported)
     if engine == "auto":
         engine = available[0]
-    elif engine not in (*available, "aoti"):  # aoti: built when asked for
+    return _verified(_generator(exported, engine, available), exported, engine)
+
+
+def _generator(exported: Any, engine: str, available: list[str]) -> Any:
+    if engine not in (*available, "aoti"):  # aoti: built when asked for
         raise EngineError(f"engine {engine!r} is not available: it needs step.onnx in the "
                           "export, and onnxruntime installed "
                           f"(available: {', '.join(available)})")
     if engine == "onnx":
+        from gptmini.core.errors import first_line
         from gptmini.serving.onnx_engine import OnnxGenerator
 
-        return OnnxGenerator(exported.directory, exported.block_size)
+        try:
+            return OnnxGenerator(exported.directory, exported.block_size)
+        except Exception as exc:  # onnxruntime raises its own kinds (a truncated protobuf)
+            raise EngineError(f"{exported.directory}/step.onnx cannot be loaded: "
+                              f"{first_line(exc)}") from None
     if engine == "aoti":
         return _aoti_generator(exported)
     if engine == "export":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import shutil
 import warnings
 from dataclasses import dataclass
@@ -329,6 +330,10 @@ def load_export(export_dir: str | Path) -> LoadedExport:
     except Exception as exc:  # tiktoken without network or a cache of its files
         raise ExportError(f"cannot load the tiktoken encoding {definition.get('encoding')!r}: "
                           f"{exc} (offline? set TIKTOKEN_CACHE_DIR)") from None
+    recorded = (record.get("model") or {}).get("weights_sha256")
+    if recorded and weights_sha256(model) != recorded:
+        raise ExportError(f"{directory / MODEL_FILE}: its weights are not the ones "
+                          f"{METRICS_FILE} records (sha256): the file is corrupted")
     n_vocab = int(model.wte.weight.size(0))
     if n_vocab != tokenizer.vocab_size:
         raise ExportError(f"{directory}/: the model has {n_vocab} tokens, the tokenizer "
@@ -339,7 +344,10 @@ def load_export(export_dir: str | Path) -> LoadedExport:
 def _load_programs(directory: Path, model: torch.jit.ScriptModule) -> ProgramGenerator:
     """The export's generation programs (prefill.pt2, decode.pt2)."""
     _require(directory, PREFILL_FILE, DECODE_FILE)
+    quiet = logging.getLogger("torch.export")  # it logs a traceback before it raises
+    level = quiet.level
     try:
+        quiet.setLevel(logging.ERROR)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             prefill = torch.export.load(directory / PREFILL_FILE)
@@ -347,6 +355,8 @@ def _load_programs(directory: Path, model: torch.jit.ScriptModule) -> ProgramGen
     except Exception as exc:  # torch.export.load raises many kinds; say which file, in a line
         raise ExportError(f"{directory}/: cannot load the torch.export programs: "
                           f"{first_line(exc)}") from None
+    finally:
+        quiet.setLevel(level)
     return ProgramGenerator(prefill, decode, int(model.block_size))
 
 

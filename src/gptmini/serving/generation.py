@@ -111,10 +111,24 @@ class Prompt:
     notices: list[str] = field(default_factory=list)
 
 
+# The model sees only its context's last tokens; the limit bounds the work of checking and
+# encoding what a client sends (the CLI, the app and the pyfunc alike).
+MAX_PROMPT_CHARS = 100_000
+
+
+def within_limit(prompt: str | None) -> str:
+    """The prompt ("" for none); InputError past MAX_PROMPT_CHARS."""
+    prompt = prompt or ""
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise InputError(f"the prompt is {len(prompt):,} characters: at most "
+                         f"{MAX_PROMPT_CHARS:,}")
+    return prompt
+
+
 def prepare_prompt(text: str, tokenizer: Tokenizer, block_size: int) -> Prompt:
     """Check and encode a prompt. An empty prompt starts from a newline; a prompt longer
     than the context keeps its last `block_size` tokens. Both are said in `notices`."""
-    text = check_text(text, tokenizer, "the prompt")
+    text = check_text(within_limit(text), tokenizer, "the prompt")
     notices = []
     start = text
     if text == "":

@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 
 # The sizes below, and the measurements behind them: docs/speed.md#the-chunked-output-heads-sizes
-# Up to this vocabulary the plain head, bit for bit as before (the char model's numbers).
+# Up to this vocabulary the plain head: the char model's loss through the full logits.
 PLAIN_HEAD_MAX_VOCAB = 1024
 # Positions whose logits one matmul makes: few enough chunks that adding their partial
 # weight gradients costs a few percent of the head.

@@ -31,9 +31,8 @@ from gptmini.head import CHUNK, chunked_head, head_loss
 
 class Dropout(nn.Module):
     """nn.Dropout with a cheaper mask: 16 random bits an element, three elements to an int64
-    draw (its low 48 bits), instead of one generator call an element. On a 2-core CPU
-    nn.Dropout's bernoulli_ drew ~8 ms for a (32, 256, 128) activation and this ~1.5 ms;
-    the model's 13 dropouts made a tenth of a training step. Drops with probability
+    draw (its low 48 bits), instead of one generator call an element, because drawing the
+    mask was a noticeable part of a CPU training step (docs/speed.md). Drops with probability
     round(p * 65536) / 65536 (0.1 -> 0.100006) and scales the kept values to keep the mean."""
 
     def __init__(self, p: float) -> None:

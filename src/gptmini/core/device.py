@@ -93,7 +93,8 @@ def cpu_has_fast_bf16() -> bool:
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:
     """`auto`: bfloat16 autocast on CUDA with bf16, else float32. Never bf16 on a CPU by
     default: float32 gives the same bits on every x86 CPU (with the kernel paths pinned,
-    `gptmini.core.numerics`), bf16 does not, and without AVX512-BF16 it is ~37x slower."""
+    `gptmini.core.numerics`), bf16 does not, and without AVX512-BF16 it is emulated,
+    many times slower."""
     if name == "float32":
         return torch.float32
     if name == "bfloat16":

@@ -3,8 +3,8 @@ instruction set, pinned, and what a run computed with, recorded.
 
 ATen picks its vectorised kernels by the CPU's ISA (AVX2, AVX-512) and MKL its GEMM code
 path likewise; on different CPU generations they sum in different orders, so float32
-training gives different bits (`../shared/tools/xcpu_repro_probe.py` shows each pin
-changing them). `pin_kernel_paths()` sets both to the AVX2 path, which every x86-64 CPU
+training gives different bits (tests/test_processes.py shows a process on another path
+training to other bits). `pin_kernel_paths()` sets both to the AVX2 path, which every x86-64 CPU
 this project runs on has, before torch computes anything: `import gptmini` calls it, so
 every stage, the CLI and the tests compute alike. A value already in the environment
 wins (set one to study another path). oneDNN is pinned as well: bf16 matmuls and GELU go
@@ -49,7 +49,7 @@ def cpu_vendor() -> str:
 
 def cpu_model() -> str:
     """The CPU's model name with its family and model numbers (AMD's EPYC names do not
-    tell Zen 3 from Zen 4), e.g. 'AMD EPYC (family 25, model 1)'."""
+    tell one CPU generation from the next), e.g. 'AMD EPYC (family 25, model 1)'."""
     fields = _cpuinfo()
     if not fields:
         import platform

@@ -6,7 +6,7 @@ score through `evaluate_tokens` / `token_losses`, so they agree to the last digi
 
 A large vocabulary (BPE) is scored a chunk of positions at a time through the model's
 final hidden states (`gptmini.head.head_scores`), never the whole (batch, context, V)
-logits; a small one (char) through the logits, exactly as before.
+logits; a small one (char) through the logits, as its training loss is computed.
 
 Bits per character divides the total NLL (in bits) by the characters the predicted
 tokens spell, so char and BPE models compare; for a char model it equals NLL / ln 2.
@@ -81,7 +81,7 @@ def _scores(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, reduction:
     """The NLL in nats of targets y (b, t) after inputs x (b, t), summed ("sum") or per
     token ("none", (b, t)), and whether each target was the most likely token (b, t). A
     large vocabulary goes through `head_scores`, a chunk of positions at a time, never the
-    whole (b, t, V) logits; a small one through the logits, exactly as before."""
+    whole (b, t, V) logits; a small one through the logits, as its training loss is."""
     if _plain_head(model):
         logits = model(x).float()
         if reduction == "sum":

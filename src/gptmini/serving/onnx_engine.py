@@ -175,8 +175,8 @@ class OnnxGenerator(ProgramGenerator):
     Its logits, window and sampled ids are numpy arrays, which ONNX Runtime takes as they
     are (`token_stream` reads a sampled id with `.item()`, as from a tensor; `extend` takes
     a tensor too): with ONNX Runtime's step this fast, the torch calls around it (an argmax,
-    a concatenation, conversions, several microseconds each) took ~45 of the ~95 us that
-    the loop spent around each step. Sampling at a temperature is sample_next's, on a
+    a concatenation, conversions) were a large part of the loop's time around each step
+    (docs/speed.md). Sampling at a temperature is sample_next's, on a
     tensor sharing memory."""
 
     def __init__(self, directory: Path, block_size: int, threads: int | None = None) -> None:

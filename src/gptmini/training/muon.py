@@ -1,8 +1,8 @@
 """Muon whose Newton-Schulz iterations run in a dtype the device computes natively.
 
 `torch.optim.Muon` (torch 2.13) casts every update to bfloat16 for its Newton-Schulz
-iterations, hard-coded. On a CPU without native bf16 (AVX2 only: AMD Zen 3 and older) a
-bf16 matmul is emulated, and a Muon step costs ~20x its float32 twin. torch's class takes
+iterations, hard-coded. On a CPU without native bf16 (AVX2 only) a bf16 matmul is
+emulated, and a Muon step costs many times its float32 twin (docs/speed.md). torch's class takes
 no dtype, so this subclass repeats its `step` with one difference: the dtype of the
 iterations (`ns_dtype`). Everything else is torch's: the momentum, the Nesterov blend, the
 coefficients, the spectral-norm scaling, the learning-rate adjustment and the decoupled

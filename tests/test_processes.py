@@ -162,7 +162,7 @@ torch.manual_seed(0)
 tokens = np.random.default_rng(0).integers(0, 65, 20000).astype(np.uint16)
 model = GPT(model_config(block_size=64, n_layer=2, n_head=4, n_embd=64), 65)
 cfg = train_config(warmup_steps=2, batch_size=8, eval_interval=100, eval_iters=1,
-                   checkpoint_interval=100, dtype="float32", threads=2)
+                   checkpoint_interval=100, dtype="float32", threads=2, keep_best=False)
 Trainer(model, tokens, tokens, cfg, torch.device("cpu"), steps=6).run(progress=False)
 print(torch.backends.cpu.get_cpu_capability(), weights_sha256(model))
 """

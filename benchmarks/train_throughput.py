@@ -5,8 +5,10 @@ same model, measured in the same run, as tokens/s, model FLOPs utilisation and a
     python benchmarks/train_throughput.py --loss-check 300  # also: fp32 vs bf16 loss curves
     python benchmarks/train_throughput.py --quick           # 3 timed steps each, one round
 
-Goal: the project's step at least as fast as the reference (ratio >= 1.0x); exit 1 when
-missed.
+Goal, exit 1 when missed: on a CPU, the project's float32 step at 55% or more of the
+float32 peak it prints (a fixed reference: the two float32 steps are the same computation,
+so their ratio is only noise around 1); on CUDA, the project's step at least as fast as
+the reference (ratio >= 1.0x: autocast, TF32 and fused AdamW are the project's gain).
 
 The project step is `gptmini.training.trainer.Trainer` itself (autocast, batch prefetch,
 fused AdamW and TF32 on CUDA, torch.compile when train.compile is set). The reference is the
@@ -33,7 +35,8 @@ from gptmini.core.device import cpu_has_fast_bf16, pick_device, pick_dtype
 from gptmini.model import GPT
 from gptmini.training.trainer import Trainer
 
-GOAL = 1.0  # project tokens/s / reference tokens/s
+GOAL = 1.0  # on CUDA: project tokens/s / reference tokens/s
+CPU_MFU_GOAL = 0.55  # on a CPU: the project step's share of the assumed float32 peak
 
 # Dense peak TFLOP/s of known accelerators, by dtype (vendor datasheets, SXM parts).
 GPU_PEAKS = {"H100": {"bfloat16": 989.0, "float32": 67.0},
@@ -188,8 +191,16 @@ def main() -> None:
         print("bf16 autocast: not timed (this CPU has no AVX512-BF16: bf16 matmuls are "
               "emulated, ~37x slower than float32 on an AMD Zen 3)")
     ratio = proj_tps / ref_tps
-    print(f"ratio (project / reference): {ratio:.2f}x (goal >= {GOAL:g}x: "
-          f"{'met' if ratio >= GOAL else 'MISSED'})")
+    if device.type == "cpu":
+        mfu = proj_tps * fpt / proj_peak
+        met = mfu >= CPU_MFU_GOAL
+        print(f"ratio (project / reference): {ratio:.2f}x (the same computation: no goal)")
+        print(f"project step: {mfu:.1%} of the assumed peak (goal >= {CPU_MFU_GOAL:.0%}: "
+              f"{'met' if met else 'MISSED'})")
+    else:
+        met = ratio >= GOAL
+        print(f"ratio (project / reference): {ratio:.2f}x (goal >= {GOAL:g}x: "
+              f"{'met' if met else 'MISSED'})")
 
     if args.loss_check:
         check_cfg = TrainConfig(**{**tcfg.model_dump(), "batch_size": batch,
@@ -205,7 +216,7 @@ def main() -> None:
             print(f"{a['step']:>6}{a['val_loss']:>11.4f}{b['val_loss']:>11.4f}"
                   f"{b['val_loss'] - a['val_loss']:>+9.4f}")
     sys.stdout.flush()
-    if ratio < GOAL:
+    if not met:
         sys.exit(1)
 
 

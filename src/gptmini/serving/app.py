@@ -37,7 +37,6 @@ from gptmini.serving.generation import (
     prepare_prompt,
     random_seed,
     stream,
-    within_limit,
 )
 from gptmini.serving.inspection import attention_figure, candidates_frame, inspect_ids
 
@@ -149,7 +148,6 @@ def generate(exported: LoadedExport, prompt: str, temperature: float, top_k: int
     """The Generate tab: the text so far and its statistics, every UPDATE_SECONDS."""
     tokenizer = exported.tokenizer
     try:
-        prompt = within_limit(prompt)
         if _is_negative(seed):
             seed = None  # the field's "-1: random"
         sampling = Sampling.from_user(length=length, temperature=temperature, top_k=top_k,
@@ -192,7 +190,6 @@ def evaluate(exported: LoadedExport, text: str) -> tuple[str, str, dict[str, flo
 def inspect(exported: LoadedExport, prompt: str, k: int) -> tuple[Any, Any, str]:
     """The Inspect tab: the attention maps, the next-token candidates and the notes."""
     try:
-        prompt = within_limit(prompt)
         if not isinstance(k, int | float) or k != int(k) or not 1 <= k <= 20:
             raise InputError(f"top-k = {k!r}: must be a whole number from 1 to 20")
         checked = prepare_prompt(prompt, exported.tokenizer, exported.block_size)

@@ -116,7 +116,7 @@ class Prompt:
 MAX_PROMPT_CHARS = 100_000
 
 
-def within_limit(prompt: str | None) -> str:
+def _within_limit(prompt: str | None) -> str:
     """The prompt ("" for none); InputError past MAX_PROMPT_CHARS."""
     prompt = prompt or ""
     if len(prompt) > MAX_PROMPT_CHARS:
@@ -128,7 +128,7 @@ def within_limit(prompt: str | None) -> str:
 def prepare_prompt(text: str, tokenizer: Tokenizer, block_size: int) -> Prompt:
     """Check and encode a prompt. An empty prompt starts from a newline; a prompt longer
     than the context keeps its last `block_size` tokens. Both are said in `notices`."""
-    text = check_text(within_limit(text), tokenizer, "the prompt")
+    text = check_text(_within_limit(text), tokenizer, "the prompt")
     notices = []
     start = text
     if text == "":

@@ -41,15 +41,12 @@ import torch
 
 from gptmini.core.config import load_params
 from gptmini.data.tokenizers import CharTokenizer, from_definition
+from gptmini.export.layout import DECODE_FILE, PREFILL_FILE
+from gptmini.export.writer import export_programs
+from gptmini.inference.generation import Sampling, token_stream
+from gptmini.inference.loading import load_export
+from gptmini.inference.programs import ProgramGenerator
 from gptmini.model import GPT
-from gptmini.serving.export import (
-    DECODE_FILE,
-    PREFILL_FILE,
-    ProgramGenerator,
-    export_programs,
-    load_export,
-)
-from gptmini.serving.generation import Sampling, token_stream
 from gptmini.training.checkpoint import load_checkpoint, model_from_checkpoint
 
 BATCH = 8
@@ -103,7 +100,8 @@ def batch_generate(model: object, idx: torch.Tensor, n: int, temperature: float,
 
 def onnx_generator(model: GPT, export_dir: Path | None) -> ProgramGenerator:
     """The export's ONNX graph, or one written here from `model`."""
-    from gptmini.serving.onnx_engine import OnnxGenerator, has_onnx, write_onnx
+    from gptmini.export.onnx import write_onnx
+    from gptmini.inference.onnx import OnnxGenerator, has_onnx
 
     if export_dir is None or not has_onnx(export_dir):
         export_dir = Path(tempfile.mkdtemp(prefix="gptmini-onnx-"))
@@ -114,7 +112,7 @@ def onnx_generator(model: GPT, export_dir: Path | None) -> ProgramGenerator:
 def aoti_generator(programs: dict[str, torch.export.ExportedProgram],
                    block_size: int) -> ProgramGenerator:
     """The same loop on the programs compiled by AOTInductor (the `aoti` engine's), here."""
-    from gptmini.serving.aoti_engine import AotiGenerator, compile_programs
+    from gptmini.inference.aoti import AotiGenerator, compile_programs
 
     folder = Path(tempfile.mkdtemp(prefix="gptmini-aoti-"))
     started = time.perf_counter()
@@ -332,7 +330,7 @@ def main() -> int:
 
 if __name__ == "__main__":
     from gptmini.core.config import ConfigError
-    from gptmini.serving.export import ExportError
+    from gptmini.inference.loading import ExportError
 
     try:
         sys.exit(main())

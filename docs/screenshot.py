@@ -46,7 +46,7 @@ def main() -> int:
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}/"
     env = {**os.environ, "NO_PROXY": "127.0.0.1", "GRADIO_ANALYTICS_ENABLED": "False"}
-    process = subprocess.Popen([sys.executable, "-m", "gptmini.serving.cli", "app",
+    process = subprocess.Popen([sys.executable, "-m", "gptmini.cli", "app",
                                 "--export-dir", str(args.export_dir), "--port", str(port)],
                                env=env)
     try:

@@ -2,7 +2,7 @@
 the training logs, usable with torch alone; logged as an MLflow Model and registered."""
 
 from gptmini.core.stage import run
-from gptmini.serving.registry import export_stage
+from gptmini.export.stage import export_stage
 
 if __name__ == "__main__":
     run(export_stage)

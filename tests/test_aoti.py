@@ -8,10 +8,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gptmini.serving import aoti_engine
-from gptmini.serving.engines import EngineError, available_engines, load_generator
-from gptmini.serving.export import load_export
-from gptmini.serving.generation import Sampling, token_stream
+from gptmini.inference import aoti as aoti_engine
+from gptmini.inference.engines import EngineError, available_engines, load_generator
+from gptmini.inference.generation import Sampling, token_stream
+from gptmini.inference.loading import load_export
 from tiny_export import build_tiny_export
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
@@ -98,7 +98,7 @@ def test_a_failed_build_is_one_line_and_leaves_no_folder(built, tmp_path, monkey
 
 
 def test_cli_compile_then_engine_aoti(built, capsys):
-    from gptmini.serving.cli import main
+    from gptmini.cli import main
 
     tiny = built[0]
     assert main(["compile", "--export-dir", str(tiny.directory)]) == 0

@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from gptmini.app.inspection import shown
+from gptmini.app.views import surprise_html
 from gptmini.evaluation.metrics import evaluate_tokens
+from gptmini.inference.generation import Sampling
 from gptmini.report import metrics_markdown
-from gptmini.serving.app import surprise_html
-from gptmini.serving.generation import Sampling
-from gptmini.serving.inspection import shown
 from gptmini.team.stack import free_port
 from tiny_export import TinyExport, build_tiny_export, generated
 
@@ -60,7 +60,7 @@ def served(tmp_path_factory):
     log = root / "app.log"
     env = {**os.environ, **LOCAL_ONLY}
     with open(log, "w") as out:
-        process = subprocess.Popen([sys.executable, "-m", "gptmini.serving.cli", "app",
+        process = subprocess.Popen([sys.executable, "-m", "gptmini.cli", "app",
                                     "--export-dir", str(tiny.directory), "--port", str(port)],
                                    stdout=out, stderr=subprocess.STDOUT, cwd=root, env=env)
     app = Served(f"http://127.0.0.1:{port}", port, process, tiny, log)
@@ -336,7 +336,7 @@ def test_in_chromium_streaming_keeps_up_with_the_cli_and_stop_cancels(served):
         pytest.skip(f"Chromium is not installed at {CHROMIUM}")
     from playwright.sync_api import expect, sync_playwright
 
-    cli = subprocess.run([sys.executable, "-m", "gptmini.serving.cli", "generate", "ROMEO:",
+    cli = subprocess.run([sys.executable, "-m", "gptmini.cli", "generate", "ROMEO:",
                           "-n", "2000", "--seed", "3", "--export-dir",
                           str(served.tiny.directory)], capture_output=True, text=True,
                          timeout=120)

@@ -23,7 +23,7 @@ def tiny(tmp_path_factory):
 
 def generate(export: Path, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "gptmini.serving.cli", "generate", *args,
+    return subprocess.run([sys.executable, "-m", "gptmini.cli", "generate", *args,
                            "-n", "5", "--seed", "1", "-q", "--threads", "1",
                            "--export-dir", str(export)],
                           input=stdin, capture_output=True, timeout=300, env=env)

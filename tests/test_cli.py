@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from conftest import REPO
+from gptmini.cli import build_parser, main
 from gptmini.evaluation.metrics import evaluate_tokens
+from gptmini.inference.generation import Sampling
 from gptmini.report import describe_model, metrics_line, metrics_text
-from gptmini.serving.cli import build_parser, main
-from gptmini.serving.generation import Sampling
 from tiny_export import build_tiny_export, generated
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -250,7 +250,7 @@ def test_runs_plot_marks_the_runs_of_the_current_recipe(tmp_path, capsys):
                        "--plot", str(png), "--params", str(tmp_path / "params.yaml"))
     assert code == 0 and png.read_bytes()[:4] == b"\x89PNG"
     assert f"wrote {png}" in out
-    from gptmini.serving.runs import runs_table
+    from gptmini.cli.runs import runs_table
 
     table = runs_table(uri, "grid", recipe=load_params(tmp_path / "params.yaml"))
     assert dict(zip(table["run"], table["default"], strict=True)) == {
@@ -276,8 +276,8 @@ def test_runs_without_a_store_says_so(tmp_path, capsys):
 
 def test_the_console_script_and_module_entry_points():
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts["gptmini"] == "gptmini.serving.cli:main"
-    proc = subprocess.run([sys.executable, "-m", "gptmini.serving.cli", "--help"],
+    assert scripts["gptmini"] == "gptmini.cli:main"
+    proc = subprocess.run([sys.executable, "-m", "gptmini.cli", "--help"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "generate" in proc.stdout and "runs" in proc.stdout
 

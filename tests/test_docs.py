@@ -140,7 +140,7 @@ def test_python_block_runs(block, docs_workdir):
 # -- gptmini command lines ------------------------------------------------------------------
 
 SHELL_LANGS = ("bash", "sh", "shell", "console")
-CLI_PREFIXES = (["gptmini"], ["python", "-m", "gptmini.serving.cli"],
+CLI_PREFIXES = (["gptmini"], ["python", "-m", "gptmini.cli"],
                 [".venv/bin/gptmini"])
 OPERATORS = {"&&", "||", ";", "|", "&"}
 REDIRECTS = {"<", ">", ">>", "2>", "<<"}
@@ -203,7 +203,7 @@ def cli_commands() -> list[tuple[str, list[str]]]:
                                   for argv in gptmini_argvs(line)]
         for number, line in enumerate(prose(path).splitlines(), 1):
             for code in inline_code(line):
-                if code.startswith(("gptmini ", "python -m gptmini.serving.cli ")):
+                if code.startswith(("gptmini ", "python -m gptmini.cli ")):
                     found += [(f"{rel(path)}:{number}: {code}", argv)
                               for argv in gptmini_argvs(code)]
     return found
@@ -211,7 +211,7 @@ def cli_commands() -> list[tuple[str, list[str]]]:
 
 PARSE = r"""
 import contextlib, io, json, sys
-from gptmini.serving.cli import build_parser
+from gptmini.cli import build_parser
 failures = []
 for where, argv in json.load(sys.stdin):
     err = io.StringIO()

@@ -27,11 +27,25 @@ def module_file(name: str) -> Path | None:
     return None
 
 
+def _run_nodes(tree: ast.AST) -> list[ast.AST]:
+    """Every node of the tree but those under `if TYPE_CHECKING:`, which never run."""
+    nodes, todo = [], [tree]
+    while todo:
+        node = todo.pop()
+        nodes.append(node)
+        if isinstance(node, ast.If) and ast.unparse(node.test) in ("TYPE_CHECKING",
+                                                                   "typing.TYPE_CHECKING"):
+            todo.extend(node.orelse)
+            continue
+        todo.extend(ast.iter_child_nodes(node))
+    return nodes
+
+
 def imported_modules(path: Path) -> set[str]:
-    """The gptmini modules `path` imports anywhere in it, with their parent packages (which
-    Python runs first)."""
+    """The gptmini modules `path` imports anywhere it runs, with their parent packages (which
+    Python runs first); imports for type checkers only are not followed."""
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in _run_nodes(ast.parse(path.read_text(), str(path))):
         names: list[str] = []
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
@@ -90,11 +104,14 @@ def test_the_closure_follows_imports_inside_functions(tmp_path):
     assert Path("src/gptmini/tracking/runs.py") in closure
     assert Path("src/gptmini/core/env.py") in closure
     assert Path("src/gptmini/__init__.py") in closure
-    assert Path("src/gptmini/serving/cli.py") not in closure
+    assert Path("src/gptmini/cli/__init__.py") not in closure
     script = tmp_path / "lazy.py"
-    script.write_text("def f():\n    from gptmini.core.hashing import sha256_file\n")
-    assert source_closure(script) >= {Path("src/gptmini/core/hashing.py"),
-                                      Path("src/gptmini/core/__init__.py")}
+    script.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+                      "    from gptmini.model import GPT\n"
+                      "def f():\n    from gptmini.core.hashing import sha256_file\n")
+    closure = source_closure(script)
+    assert closure >= {Path("src/gptmini/core/hashing.py"), Path("src/gptmini/core/__init__.py")}
+    assert Path("src/gptmini/model.py") not in closure  # a type checker's import never runs
 
 
 def test_no_import_cycle_between_library_modules():

@@ -10,9 +10,9 @@ import torch
 
 from conftest import model_config, needs_tiktoken
 from gptmini.data.tokenizers import CharTokenizer
+from gptmini.export.writer import USAGE, export
 from gptmini.model import GPT
 from gptmini.report import describe_model, metrics_markdown
-from gptmini.serving.export import USAGE, export
 from gptmini.training.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 
 STANDALONE = r"""
@@ -134,7 +134,7 @@ def run_standalone(tmp_path, export_dir, prompt: str, env: dict[str, str] | None
 
 
 def test_pt2_and_scripted_generate_in_a_fresh_process_match_the_library(tmp_path):
-    from gptmini.serving.generation import Sampling, token_stream
+    from gptmini.inference.generation import Sampling, token_stream
     from tiny_export import build_tiny_export
 
     tiny = build_tiny_export(tmp_path / "tiny", block_size=24)
@@ -197,7 +197,7 @@ def test_export_stage_exports_and_logs_to_the_pipeline_run(tmp_path, monkeypatch
     import mlflow
 
     from gptmini.core import paths
-    from gptmini.serving.registry import export_stage
+    from gptmini.export.stage import export_stage
     from gptmini.tracking.run_id import write_run_id
     from tiny_export import build_tiny_export
 
@@ -247,7 +247,7 @@ def test_bpe_export_is_usable_with_torch_and_tiktoken_alone(tmp_path):
     import os
 
     from gptmini.data.tokenizers import BpeTokenizer
-    from gptmini.serving.generation import Sampling, token_stream
+    from gptmini.inference.generation import Sampling, token_stream
 
     torch.manual_seed(0)
     tok = BpeTokenizer("gpt2")
@@ -271,8 +271,8 @@ def test_bpe_export_is_usable_with_torch_and_tiktoken_alone(tmp_path):
 def test_the_torch_export_programs_generate_the_eager_models_tokens(tmp_path):
     """What the CLI and the app run (prefill.pt2 and decode.pt2 through `token_stream`):
     the eager model's tokens for the same seed, greedy and sampled, across cache restarts."""
-    from gptmini.serving.export import load_export
-    from gptmini.serving.generation import Sampling, token_stream
+    from gptmini.inference.generation import Sampling, token_stream
+    from gptmini.inference.loading import load_export
     from tiny_export import build_tiny_export
 
     tiny = build_tiny_export(tmp_path / "tiny", block_size=24)

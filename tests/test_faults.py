@@ -117,7 +117,8 @@ def test_a_full_disk_or_failed_rename_while_saving_a_resume_state_keeps_the_last
 def test_a_full_disk_or_failed_rename_while_exporting_keeps_the_previous_export(
         tmp_path, monkeypatch):
     from gptmini.core.hashing import weights_sha256
-    from gptmini.serving.export import export, load_export
+    from gptmini.export.writer import export
+    from gptmini.inference.loading import load_export
     from tiny_export import build_tiny_export
 
     tiny = build_tiny_export(tmp_path / "a")
@@ -365,12 +366,12 @@ def test_a_tracking_server_that_never_returns_costs_the_run_nothing(tmp_path, se
     print(f"\nserver killed at step {killed_at}; the stage ended {after_kill:.1f} s later "
           f"with {len(entry['metrics'])} metrics kept")
     server.start()
-    sync = subprocess.run([sys.executable, "-m", "gptmini.serving.cli", "mlflow-sync"],
+    sync = subprocess.run([sys.executable, "-m", "gptmini.cli", "mlflow-sync"],
                           cwd=project.root, env=project.env, capture_output=True, text=True)
     assert sync.returncode == 0, sync.stderr
     assert f"({len(entry['metrics']):,} metrics)" in sync.stdout
     assert_every_metric_once(server, project)
-    again = subprocess.run([sys.executable, "-m", "gptmini.serving.cli", "mlflow-sync"],
+    again = subprocess.run([sys.executable, "-m", "gptmini.cli", "mlflow-sync"],
                            cwd=project.root, env=project.env, capture_output=True, text=True)
     assert again.stdout.startswith("nothing to deliver")
 
@@ -383,7 +384,7 @@ def test_mlflow_sync_keeps_the_outbox_while_the_store_is_still_unreachable(tmp_p
 
     from mlflow.entities import Metric
 
-    from gptmini.serving.cli import main
+    from gptmini.cli import main
     from gptmini.tracking.outbox import Outbox
 
     for name in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",

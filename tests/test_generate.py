@@ -5,15 +5,26 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
 
 import pytest
 import torch
 
+import gptmini
 from conftest import model_config, needs_tiktoken
 from gptmini.data.text import InputError, check_text, printable
 from gptmini.data.tokenizers import BpeTokenizer, CharTokenizer
+from gptmini.inference.generation import (
+    MAX_SEED,
+    Sampling,
+    generate_text,
+    prepare_prompt,
+    stream,
+    token_stream,
+)
+from gptmini.inference.loading import load_export
 from gptmini.model import GPT
-from gptmini.serving.generation import MAX_SEED, Sampling, prepare_prompt, stream, token_stream
+from tiny_export import build_tiny_export
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -266,3 +277,32 @@ def test_bpe_stream_never_splits_a_character():
     pieces = [detok.piece(t) for t in ids]
     assert "".join(pieces) + detok.flush() == "naïve café 😀 — fin"
     assert all("\ufffd" not in p for p in pieces)
+
+
+FRONT_ENDS = ("cli/generate.py", "app/page.py", "export/pyfunc.py")
+
+
+def test_the_front_ends_run_one_generation_sequence_with_one_set_of_defaults():
+    """The CLI, the app and the pyfunc call generate_text; none checks values, fixes a seed
+    or spells a sampling default or limit of its own."""
+    package = Path(gptmini.__file__).parent
+    for name in FRONT_ENDS:
+        text = (package / name).read_text()
+        assert "generate_text(" in text, name
+        for own in ("from_user(", "random_seed(", "MAX_NEW_TOKENS =", "default=0.8",
+                    "value=0.8", "default=500", "value=500", '("long", 200)'):
+            assert own not in text, f"{name} has {own!r}"
+    for path in package.rglob("*.py"):
+        if path.name != "generation.py":
+            assert "MAX_NEW_TOKENS =" not in path.read_text(), path
+
+
+def test_generate_text_checks_before_it_starts_and_fixes_a_seed(tmp_path):
+    exported = load_export(build_tiny_export(tmp_path).directory)
+    values = {"length": 20, "temperature": 0.8, "top_k": None, "top_p": 1.0}
+    first = generate_text(exported, "ROMEO:", **values)
+    assert first.sampling.seed is not None and first.prompt.text == "ROMEO:"
+    again = generate_text(exported, "ROMEO:", **values, seed=first.sampling.seed)
+    assert "".join(first.pieces) == "".join(again.pieces)
+    with pytest.raises(InputError, match="length = 30: must be at most 10"):
+        generate_text(exported, "ROMEO:", **{**values, "length": 30}, max_tokens=10)

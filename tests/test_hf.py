@@ -8,10 +8,12 @@ import torch
 
 from conftest import model_config, needs_tiktoken
 from gptmini.data.tokenizers import BpeTokenizer, CharTokenizer
+from gptmini.export.hf import tokenizer_files, write_hf_folder
+from gptmini.export.layout import HF_DIR, HF_WEIGHTS_FILE
+from gptmini.export.writer import export
+from gptmini.inference.generation import Sampling
+from gptmini.inference.loading import export_summary, load_export
 from gptmini.model import GPT
-from gptmini.serving.export import HF_DIR, describe, export, load_export
-from gptmini.serving.generation import Sampling
-from gptmini.serving.hf import WEIGHTS_FILE, tokenizer_files, write_hf_folder
 from tiny_export import build_tiny_export, generated
 
 transformers = pytest.importorskip("transformers")
@@ -114,7 +116,7 @@ def test_the_folder_is_byte_identical_when_exported_twice(tiny, tmp_path):
     export(tiny.checkpoint, tiny.directory / "evaluation_metrics.json", again)
     first, second = tiny.directory / HF_DIR, again / HF_DIR
     names = sorted(p.name for p in first.iterdir())
-    assert WEIGHTS_FILE in names and "tokenizer.json" in names
+    assert HF_WEIGHTS_FILE in names and "tokenizer.json" in names
     assert sorted(p.name for p in second.iterdir()) == names
     for name in names:
         assert (first / name).read_bytes() == (second / name).read_bytes(), name
@@ -151,6 +153,6 @@ def test_a_bpe_model_folder_loads_with_gpt2s_special_token(tmp_path):
 
 
 def test_info_and_the_exports_readme_name_the_folder(tiny):
-    assert "\n  hf/ " in describe(load_export(tiny.directory))
+    assert "\n  hf/ " in export_summary(load_export(tiny.directory))
     assert 'AutoModelForCausalLM.from_pretrained("hf")' in \
         (tiny.directory / "README.md").read_text()

@@ -19,9 +19,9 @@ import mlflow
 import pytest
 from test_app import LOCAL_ONLY, free_port
 
-from gptmini.serving.generation import Sampling
-from gptmini.serving.mlflow_model import PARAMS
-from gptmini.serving.registry import CHAMPION, REGISTERED_MODEL, publish, register
+from gptmini.export.pyfunc import PARAMS
+from gptmini.export.registry import CHAMPION, REGISTERED_MODEL, publish, register
+from gptmini.inference.generation import Sampling
 from tiny_export import build_tiny_export, generated
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -78,7 +78,7 @@ def test_the_model_is_code_not_a_pickle_and_carries_its_signature(store):
                                                      dst_path=str(root / "dl")))
     files = {p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()}
     assert not any(name.endswith((".pkl", ".pickle")) for name in files), files
-    assert "code/gptmini/serving/generation.py" in files  # the code it generates with
+    assert "code/gptmini/inference/generation.py" in files  # the code it generates with
     assert not any("__pycache__" in name for name in files)
     assert "artifacts/export/model.ts" in files
     assert "serving_input_example.json" in files
@@ -97,7 +97,7 @@ import json, mlflow, pandas as pd
 model = mlflow.pyfunc.load_model({CHAMPION_URI!r})
 texts = model.predict(pd.DataFrame({{"prompt": ["ROMEO:", "JULIET:"]}}),
                       params={{"max_new_tokens": 40, "seed": 3, "top_k": 5, "stop": "ee"}})
-import gptmini.serving.generation as g
+import gptmini.inference.generation as g
 print(json.dumps({{"texts": list(texts), "code": g.__file__}}))
 """, root)
     result = json.loads(out.strip().splitlines()[-1])
@@ -105,7 +105,7 @@ print(json.dumps({{"texts": list(texts), "code": g.__file__}}))
                                for p in ("ROMEO:", "JULIET:")]
     assert all(len(t) > 0 for t in result["texts"])
     # The generation code came from the model's own copy (code_paths), not the checkout.
-    assert "/code/gptmini/serving/generation.py" in result["code"]
+    assert "/code/gptmini/inference/generation.py" in result["code"]
     assert not result["code"].startswith(str(Path(__file__).parents[1] / "src"))
 
 
@@ -146,7 +146,7 @@ def test_champion_moves_only_to_a_version_with_a_lower_bpc(store):
     champion = client.get_model_version_by_alias(REGISTERED_MODEL, CHAMPION)
     assert str(champion.version) == better.version == "4"
     assert champion.tags["val_bpc"] == "1.25"
-    assert "champion unchanged" in worse.describe() and "now @champion" in better.describe()
+    assert "champion unchanged" in worse.summary() and "now @champion" in better.summary()
 
 
 @pytest.mark.slow  # three CLI processes load the registered model: half a minute
@@ -154,7 +154,7 @@ def test_cli_generates_and_describes_from_the_champion(store):
     tiny, _, _, root, _, run_id = store
 
     def cli(*args):
-        proc = subprocess.run([sys.executable, "-m", "gptmini.serving.cli", *args], cwd=root,
+        proc = subprocess.run([sys.executable, "-m", "gptmini.cli", *args], cwd=root,
                               text=True, capture_output=True, timeout=300)
         assert proc.returncode == 0, proc.stderr
         return proc.stdout
@@ -165,13 +165,13 @@ def test_cli_generates_and_describes_from_the_champion(store):
     assert from_registry == expected(tiny, "ROMEO:", 60, 11) + "\n"
     assert json.loads(cli("info", "--json", "--model", CHAMPION_URI))["metrics"]["bpc"] == 1.5
     # The other ways to name it: a version, the run's model.
-    from gptmini.serving.registry import load_model
+    from gptmini.inference.loading import load_model
 
     weights = json.loads((tiny.directory / "evaluation_metrics.json").read_text())["model"][
         "weights_sha256"]
     for uri in (f"models:/{REGISTERED_MODEL}/1", f"runs:/{run_id}/model"):
         assert load_model(uri).record["model"]["weights_sha256"] == weights, uri
-    bad = subprocess.run([sys.executable, "-m", "gptmini.serving.cli", "info", "--model",
+    bad = subprocess.run([sys.executable, "-m", "gptmini.cli", "info", "--model",
                           "models:/no-such-model@champion"], cwd=root, text=True,
                          capture_output=True, timeout=300)
     assert bad.returncode == 2 and bad.stderr.startswith("error: cannot load models:/no-such")
@@ -246,7 +246,7 @@ def test_mlflow_models_serve_answers_invocations(store):
                          "params": {"max_new_tokens": 50, "seed": 9, "temperature": 0.7}})
         assert answer == {"predictions": [expected(tiny, "ROMEO:", 50, 9, temperature=0.7)]}
         assert invoke({"inputs": {"prompt": ["JULIET:"]}, "params": {"seed": 2}}) == {
-            "predictions": [expected(tiny, "JULIET:", 200, 2)]}
+            "predictions": [expected(tiny, "JULIET:", Sampling().max_new_tokens, 2)]}
         with pytest.raises(urllib.error.HTTPError) as error:
             invoke({"inputs": {"prompt": ["x"]}, "params": {"temperature": -1.0}})
         assert error.value.code == 400
@@ -260,14 +260,14 @@ def test_the_hugging_face_folder_is_logged_as_a_transformers_model(store):
     its ends (MLflow strips every text-generation output)."""
     tiny, published, _, root, _, run_id = store
     assert published.hf_model_uri is not None
-    assert published.hf_model_uri in published.describe()
+    assert published.hf_model_uri in published.summary()
     logged = mlflow.get_logged_model(published.hf_model_uri.removeprefix("models:/"))
     assert logged.source_run_id == run_id and logged.name == "hf"
-    # Its params' defaults: generation_config.json's sampling, the pyfunc's 200 new tokens.
+    # Its params' defaults: generation_config.json's sampling, the library's new tokens.
     info = mlflow.models.get_model_info(published.hf_model_uri)
     assert {p.name: p.default for p in info.signature.params} == {
-        "max_new_tokens": 200, "do_sample": True, "temperature": 0.8, "top_k": 0,
-        "top_p": 1.0}
+        "max_new_tokens": Sampling().max_new_tokens, "do_sample": True, "temperature": 0.8,
+        "top_k": 0, "top_p": 1.0}
     prompts = ["ROMEO:", "JULIET:"]
     out = python(f"""
 import json, sys, mlflow
@@ -303,7 +303,7 @@ def test_the_app_serves_the_champion(store):
 
     tiny, _, _, root, _, _ = store
     port = free_port()
-    process = _start([sys.executable, "-m", "gptmini.serving.cli", "app", "--model",
+    process = _start([sys.executable, "-m", "gptmini.cli", "app", "--model",
                       CHAMPION_URI, "--port", str(port)], root / "app.log", root,
                      f"http://127.0.0.1:{port}/")
     try:

@@ -29,7 +29,7 @@ def test_the_printed_link_opens_the_training_runs_not_the_genai_overview(tmp_pat
     server.start()
     try:
         log_a_run(server.url, "ui-probe", tmp_path)
-        runs = subprocess.run([sys.executable, "-m", "gptmini.serving.cli", "runs",
+        runs = subprocess.run([sys.executable, "-m", "gptmini.cli", "runs",
                                "--tracking-uri", server.url], capture_output=True, text=True,
                               timeout=300, check=True).stdout
         link = runs.rsplit("compare them in the MLflow UI: ", 1)[1].split()[0]

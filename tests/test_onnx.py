@@ -12,11 +12,12 @@ import pytest
 import torch
 
 from conftest import REPO
-from gptmini.serving.engines import ENGINES, EngineError, load_generator
-from gptmini.serving.export import load_export
-from gptmini.serving.generation import Sampling, token_stream
-from gptmini.serving.onnx_engine import STEP_ONNX, OnnxGenerator
-from gptmini.serving.steps import CachedStep, cached_forward
+from gptmini.export.layout import STEP_ONNX
+from gptmini.export.programs import CachedStep, cached_forward
+from gptmini.inference.engines import ENGINES, EngineError, load_generator
+from gptmini.inference.generation import Sampling, token_stream
+from gptmini.inference.loading import load_export
+from gptmini.inference.onnx import OnnxGenerator
 from tiny_export import build_tiny_export
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -125,8 +126,8 @@ def test_an_engine_the_export_lacks_is_one_line(tiny, tmp_path):
 
 def test_cli_engine_flag_chooses_what_generates(tiny, capsys, monkeypatch):
     """`gptmini generate --engine X` generates with X (the same greedy text each time)."""
-    from gptmini.serving import engines
-    from gptmini.serving.cli import main
+    from gptmini.cli import main
+    from gptmini.inference import engines
 
     chosen = []
     real = engines.load_generator
@@ -143,7 +144,7 @@ def test_cli_engine_flag_chooses_what_generates(tiny, capsys, monkeypatch):
 
 
 def test_cli_refuses_an_unknown_engine(tiny, capsys):
-    from gptmini.serving.cli import main
+    from gptmini.cli import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(["generate", "--engine", "tensorrt", "--export-dir", str(tiny.directory)])
@@ -153,8 +154,8 @@ def test_cli_refuses_an_unknown_engine(tiny, capsys):
 def test_the_pyfunc_generates_with_onnx_runtime(tiny):
     from types import SimpleNamespace
 
-    from gptmini.serving.export import MLFLOW_ARTIFACT
-    from gptmini.serving.mlflow_model import GPTMiniModel
+    from gptmini.export.layout import MLFLOW_ARTIFACT
+    from gptmini.export.pyfunc import GPTMiniModel
 
     model = GPTMiniModel()
     model.load_context(SimpleNamespace(artifacts={MLFLOW_ARTIFACT: str(tiny.directory)}))
@@ -177,8 +178,8 @@ import sys
 # A None entry is how Python marks a module as not importable: `import` raises
 # ModuleNotFoundError and importlib.util.find_spec answers None, as if not installed.
 sys.modules.update(dict.fromkeys(("onnx", "onnxruntime", "onnxscript")))
-from gptmini.serving.export import load_export
-from gptmini.serving.generation import Sampling, token_stream
+from gptmini.inference.loading import load_export
+from gptmini.inference.generation import Sampling, token_stream
 
 exported = load_export(sys.argv[1])
 ids = exported.tokenizer.encode("ROMEO:")

@@ -145,7 +145,7 @@ def test_gptmini_evaluate_on_the_validation_text_reproduces_the_stage_to_the_las
     text = from_definition(definition).decode([int(t) for t in val])
     (tmp_path / "val.txt").write_text(text, encoding="utf-8")
     proc = subprocess.run(
-        [sys.executable, "-m", "gptmini.serving.cli", "evaluate", str(tmp_path / "val.txt"),
+        [sys.executable, "-m", "gptmini.cli", "evaluate", str(tmp_path / "val.txt"),
          "--json", "-q", "--batch-size", str(project.params["evaluate"]["batch_size"]),
          "--export-dir", str(root / "data/export")],
         cwd=tmp_path, env=project.env, capture_output=True, text=True, timeout=300)
@@ -179,7 +179,7 @@ def test_every_machine_reproduces_the_committed_outputs_byte_for_byte(project):
     # A comment in the CSV and plot writer reruns train; its outputs come out identical,
     # so evaluate and export, whose inputs did not change, do not rerun.
     ("src/gptmini/training/logs.py", ["train"]),
-    ("src/gptmini/serving/export.py", ["export"]),
+    ("src/gptmini/export/writer.py", ["export"]),
     ("src/gptmini/evaluation/metrics.py", ["evaluate"]),
     # (a file every stage runs, such as core/atomic.py, is a dependency of every stage:
     # test_dvc_deps.py, statically; a tokenizer change reruns every stage here, below)

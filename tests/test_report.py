@@ -121,9 +121,10 @@ def tiny(tmp_path_factory):
 
 
 def test_the_cli_the_app_and_the_readme_show_the_same_numbers(tiny, tmp_path, capsys):
-    from gptmini.serving.app import evaluate, model_markdown, validation_markdown
-    from gptmini.serving.cli import main
-    from gptmini.serving.export import load_export
+    from gptmini.app.page import evaluate
+    from gptmini.app.views import model_markdown, validation_markdown
+    from gptmini.cli import main
+    from gptmini.inference.loading import load_export
 
     exported = load_export(tiny.directory)
     record = exported.record

@@ -46,7 +46,7 @@ def clone(project: PipelineProject, source: Path, target: Path) -> PipelineProje
 
 
 def generate(project: PipelineProject, *args: str) -> str:
-    proc = project.run("python", "-m", "gptmini.serving.cli", "generate", "ROMEO:", "-n", "30",
+    proc = project.run("python", "-m", "gptmini.cli", "generate", "ROMEO:", "-n", "30",
                        "--seed", "7", "-q", *args)
     return proc.stdout
 

@@ -31,7 +31,7 @@ from test_mlflow_model import _start, _stop
 from test_share import OUTPUTS, clone, generate, git
 
 from conftest import make_corpus
-from gptmini.serving.registry import CHAMPION, REGISTERED_MODEL
+from gptmini.export.registry import CHAMPION, REGISTERED_MODEL
 from gptmini.team import stack as team
 from gptmini.team.cli import client_env
 from pipeline_project import PipelineProject
@@ -49,7 +49,7 @@ CHAMPION_URI = f"models:/{REGISTERED_MODEL}@{CHAMPION}"
 
 
 def gptmini(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "gptmini.serving.cli", *args], cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "gptmini.cli", *args], cwd=cwd,
                           env=env, capture_output=True, text=True, timeout=900)
 
 

@@ -10,8 +10,8 @@ import torch
 
 from conftest import make_corpus, model_config
 from gptmini.data.tokenizers import CharTokenizer
+from gptmini.export.writer import export
 from gptmini.model import GPT
-from gptmini.serving.export import export
 from gptmini.training.checkpoint import save_checkpoint
 
 
@@ -47,6 +47,6 @@ def build_tiny_export(root: Path, block_size: int = 24, seed: int = 0) -> TinyEx
 
 def generated(model, tokenizer, prompt, sampling) -> str:
     """The whole generated text at once (the library streams it)."""
-    from gptmini.serving.generation import stream
+    from gptmini.inference.generation import stream
 
     return "".join(stream(model, tokenizer, prompt, sampling))

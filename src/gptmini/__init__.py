@@ -3,7 +3,8 @@
 The library by role: `core` (config, paths, atomic writes, devices, numerics, hashing, the
 stage runner), `data` (download, tokenizers, token files), `model`, `training` (trainer,
 Muon, resume state, checkpoint, MLflow tracking, logs), `evaluation` (exact metrics,
-scoring any text), `serving` (export, generation, the CLI, the app, the runs table) and
+scoring any text), `export` (writing the export, the registry), `inference` (loading
+it, the engines, generation), `app`, `cli` (the gptmini command, the runs table) and
 `report` (how metrics and models are written for people). Nothing heavy is imported here,
 so a stage loads only what it runs.
 """

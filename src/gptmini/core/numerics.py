@@ -66,7 +66,7 @@ def cpu_flags() -> set[str]:
     return set(_cpuinfo().get("flags", "").split())
 
 
-def describe() -> dict[str, str]:
+def kernel_tags() -> dict[str, str]:
     """What the kernels of this process run on: MLflow tags of every run."""
     import torch
 

@@ -61,7 +61,7 @@ class Outbox:
             entry["status"] = status
         self._write(runs)
 
-    def describe(self) -> str:
+    def summary(self) -> str:
         runs = self._read()
         metrics = sum(len(e["metrics"]) for e in runs.values())
         artifacts = sum(len(e["artifacts"]) for e in runs.values())

@@ -46,7 +46,7 @@ def _end_run(run_id: str, status: str) -> None:
             pass
     outbox.keep(run_id, status=status)
     print(f"MLflow: the tracking store {tracking_uri()} is unreachable ({reason}); the run's "
-          f"remainder ({outbox.describe()}) is kept in {outbox.path}: `gptmini mlflow-sync` "
+          f"remainder ({outbox.summary()}) is kept in {outbox.path}: `gptmini mlflow-sync` "
           "delivers it once the store is back", file=sys.stderr)
 
 

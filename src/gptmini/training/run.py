@@ -171,7 +171,7 @@ def _dtype_name(trainer: Trainer) -> str:
 
 def _run_tags(params: Params, data: TrainData, trainer: Trainer,
               saved: SavedState | None) -> dict[str, str]:
-    tags = {**provenance_tags(), **numerics.describe(), "tokenizer": data.tokenizer["kind"],
+    tags = {**provenance_tags(), **numerics.kernel_tags(), "tokenizer": data.tokenizer["kind"],
             "data.sha256": params.data.sha256, "train.dtype": _dtype_name(trainer)}
     if saved:
         tags["resumed_from_step"] = str(trainer.step)

@@ -1,6 +1,6 @@
 """AOTInductor generation: the export's torch.export programs (prefill.pt2, decode.pt2)
 compiled by `torch._inductor.aoti_compile_and_package` into C++ kernels on this machine,
-once, and run under the library's loop and sampling (gptmini.serving.generation), with
+once, and run under the library's loop and sampling (gptmini.inference.generation), with
 torch alone (and a C++ compiler for the build).
 
 The compiled packages are not part of the export: their kernels are built for the CPU
@@ -21,8 +21,9 @@ from typing import Any
 import torch
 
 from gptmini.core.atomic import atomic_dir
-from gptmini.core.numerics import describe
-from gptmini.serving.steps import DECODE_FILE, PREFILL_FILE, ProgramGenerator
+from gptmini.core.numerics import kernel_tags
+from gptmini.export.layout import DECODE_FILE, PREFILL_FILE
+from gptmini.inference.programs import ProgramGenerator
 
 CACHE_ENV = "GPTMINI_AOTI_CACHE"
 
@@ -37,7 +38,7 @@ def cache_root() -> Path:
 def build_key(directory: Path) -> str:
     """What the compiled kernels depend on: both programs' bytes, torch's version, and the
     CPU and its vector instructions (Inductor compiles for those it finds)."""
-    cpu = describe()
+    cpu = kernel_tags()
     digest = hashlib.sha256()
     for name in (PREFILL_FILE, DECODE_FILE):
         digest.update((directory / name).read_bytes())

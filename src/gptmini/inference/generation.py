@@ -1,8 +1,9 @@
-"""Text generation for the CLI and the app: checked prompts and sampling settings, and a
-streaming iterator over the model's key/value-cache generation.
+"""Text generation for the CLI, the app and the pyfunc: checked prompts and sampling
+settings, and a streaming iterator over the model's key/value-cache generation.
 
-`Sampling.from_user` is the one place where sampling values typed by a user (on the
-command line, in the app's fields, through the app's API) are converted and checked.
+`generate_text` is the one sequence every front end runs (check the values, check the
+prompt, fix the seed, stream), and `Sampling.from_user` the one place where sampling values
+typed by a user are converted and checked; `Sampling()`'s fields are the defaults.
 
 The loop below calls the model's own `prefill`, `sample` and `extend`, the same steps as
 the TorchScript export's `generate`, so for a seed the library (eager or scripted model)
@@ -14,18 +15,21 @@ from __future__ import annotations
 import math
 import secrets
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from gptmini.data.text import InputError, check_text
 from gptmini.data.tokenizers import Detokenizer, Tokenizer
 
-# Anything with prefill / extend / sample / new_generator and block_size: GPT, model.ts, or
-# the export's torch.export programs or ONNX graphs (gptmini.serving.steps.ProgramGenerator).
-Model = Any
+if TYPE_CHECKING:
+    from gptmini.inference.engines import Engine
+    from gptmini.inference.loading import LoadedExport
+
 MAX_SEED = 2**63 - 1
+# Per request of a server (the app, the pyfunc), so one request cannot hold a worker long.
+MAX_NEW_TOKENS = 2000
 
 
 @dataclass(frozen=True)
@@ -41,7 +45,7 @@ class Sampling:
     stop: str | None = None
 
     @classmethod
-    def from_user(cls, *, length: Any, temperature: Any, top_k: Any = None, top_p: Any = 1.0,
+    def from_user(cls, *, length: Any, temperature: Any, top_k: Any, top_p: Any,
                   seed: Any = None, stop: Any = None, vocab_size: int,
                   max_tokens: int | None = None) -> Sampling:
         """Checked settings from raw user values: whole floats (5.0, as number fields send
@@ -143,7 +147,7 @@ def prepare_prompt(text: str, tokenizer: Tokenizer, block_size: int) -> Prompt:
 
 
 @torch.inference_mode()
-def token_stream(model: Model, ids: Sequence[int], sampling: Sampling) -> Iterator[int]:
+def token_stream(model: Engine, ids: Sequence[int], sampling: Sampling) -> Iterator[int]:
     """The sampled token ids, one at a time, after the prompt ids (at most block_size)."""
     generator = model.new_generator(-1 if sampling.seed is None else sampling.seed)
     device = model.device if hasattr(model, "device") else model.wte.weight.device
@@ -158,7 +162,7 @@ def token_stream(model: Model, ids: Sequence[int], sampling: Sampling) -> Iterat
             logits, window = model.extend(window, cache, next_id)
 
 
-def stream(model: Model, tokenizer: Tokenizer, prompt: Prompt | str,
+def stream(model: Engine, tokenizer: Tokenizer, prompt: Prompt | str,
            sampling: Sampling) -> Iterator[str]:
     """The generated text (not the prompt), piece by piece as it is made. With a stop
     string, generation ends before it and the stop string is not part of the output."""
@@ -189,6 +193,32 @@ def stream(model: Model, tokenizer: Tokenizer, prompt: Prompt | str,
         pending = pending[:pending.find(stop)]
     if pending:
         yield pending
+
+
+@dataclass(frozen=True)
+class Generation:
+    """A started generation: the checked prompt (its notices for the user), the settings
+    with the seed that was used, and the text as it streams."""
+
+    prompt: Prompt
+    sampling: Sampling
+    pieces: Iterator[str]
+
+
+def generate_text(exported: LoadedExport, prompt: str, *, max_tokens: int | None = None,
+                  **values: Any) -> Generation:
+    """Check the user's sampling `values` (Sampling.from_user's keywords; at most
+    `max_tokens` new tokens) and the prompt, fix a random seed where none is given, and
+    start streaming with the export's engine. Bad values are InputErrors, raised here,
+    before any text."""
+    tokenizer = exported.tokenizer
+    sampling = Sampling.from_user(**values, vocab_size=tokenizer.vocab_size,
+                                  max_tokens=max_tokens)
+    checked = prepare_prompt(prompt, tokenizer, exported.block_size)
+    if sampling.seed is None:
+        sampling = replace(sampling, seed=random_seed())
+    model = exported.generation_model
+    return Generation(checked, sampling, stream(model, tokenizer, checked, sampling))
 
 
 def _partial_stop(text: str, stop: str) -> int:

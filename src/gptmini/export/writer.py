@@ -1,50 +1,41 @@
-"""The export: a TorchScript model (forward and KV-cache `generate`), a torch.export
-program of the forward pass, the tokenizer definition, the evaluation metrics and the
-training logs, in one directory that torch alone can use, without this project's code.
+"""Writing the export: a TorchScript model (forward and KV-cache `generate`), torch.export
+programs of the forward pass and the generation steps, the ONNX step graph, the tokenizer
+definition, the evaluation metrics, the training logs and a Hugging Face folder, in one
+directory that torch alone can use, without this project's code (file names:
+gptmini.export.layout).
 
-`load_export` reads it back for the CLI and the app, through TorchScript and JSON only:
-nothing in it is unpickled. The pipeline's export stage is `gptmini.serving.registry.
-export_stage`: this export, then the MLflow Model made of it.
+`gptmini.inference.loading.load_export` reads it back. The pipeline's export stage is
+`gptmini.export.stage.export_stage`: this export, then the MLflow Model made of it.
 """
 
 from __future__ import annotations
 
-import functools
 import json
-import logging
 import shutil
 import warnings
-from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from gptmini.core.atomic import atomic_dir
-from gptmini.core.errors import first_line
 from gptmini.core.hashing import weights_sha256
-from gptmini.data.tokenizers import Tokenizer, from_definition
-from gptmini.model import GPT
-from gptmini.report import describe_model, describe_tokenizer, metrics_line, metrics_markdown
-from gptmini.serving.steps import (
+from gptmini.export.layout import (
     DECODE_FILE,
+    EVAL_LOG_FILE,
+    HF_DIR,
+    METRICS_FILE,
+    MODEL_FILE,
     PREFILL_FILE,
-    ProgramGenerator,
-    example_prompt,
-    export_program,
-    step_programs,
+    PROGRAM_FILE,
+    README_FILE,
+    TOKENIZER_FILE,
+    TRAIN_LOG_FILE,
 )
+from gptmini.export.programs import example_prompt, export_program, step_programs
+from gptmini.model import GPT
+from gptmini.report import describe_model, metrics_line, metrics_markdown
 from gptmini.training.checkpoint import load_checkpoint, model_from_checkpoint
-
-MODEL_FILE = "model.ts"
-PROGRAM_FILE = "model.pt2"
-TOKENIZER_FILE = "tokenizer.json"
-METRICS_FILE = "evaluation_metrics.json"
-TRAIN_LOG_FILE = "train_log.csv"
-EVAL_LOG_FILE = "eval_log.csv"
-HF_DIR = "hf"  # the Hugging Face folder (gptmini.serving.hf, which imports transformers)
-MLFLOW_ARTIFACT = "export"  # the export's folder in the pipeline's run and in its MLflow Model
 
 USAGE = """\
 # GPT-Mini export
@@ -174,7 +165,7 @@ def readme(record: dict[str, Any]) -> str:
 
 
 def export_programs(model: GPT) -> dict[str, torch.export.ExportedProgram]:
-    """The forward pass and the two generation steps (gptmini.serving.steps) as torch.export
+    """The forward pass and the two generation steps (gptmini.export.programs) as torch.export
     programs, by file name: the batch, the sequence length and the cache length are
     dynamic."""
     ids, ids_shape = example_prompt(model)
@@ -225,8 +216,8 @@ def export(checkpoint: str | Path, metrics_json: str | Path, out_dir: str | Path
     """Write model.ts, the torch.export programs, tokenizer.json, evaluation_metrics.json,
     README.md and the Hugging Face folder hf/ to `out_dir`, and copies of the training logs
     when given and present."""
-    from gptmini.serving.hf import write_hf_folder  # imports transformers only when called
-    from gptmini.serving.onnx_engine import write_onnx  # imports onnx only when called
+    from gptmini.export.hf import write_hf_folder  # imports transformers only when called
+    from gptmini.export.onnx import write_onnx  # imports onnx only when called
 
     ckpt = load_checkpoint(checkpoint)
     model = model_from_checkpoint(ckpt)
@@ -247,154 +238,9 @@ def export(checkpoint: str | Path, metrics_json: str | Path, out_dir: str | Path
         write_onnx(model, tmp)
         (tmp / TOKENIZER_FILE).write_text(json.dumps(ckpt["tokenizer"], indent=2) + "\n")
         (tmp / METRICS_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-        (tmp / "README.md").write_text(readme(record))
+        (tmp / README_FILE).write_text(readme(record))
         for log, name in ((train_log, TRAIN_LOG_FILE), (eval_log, EVAL_LOG_FILE)):
             if log is not None and Path(log).is_file():
                 shutil.copyfile(log, tmp / name)
         write_hf_folder(ckpt, model, tmp / HF_DIR)
     return record
-
-
-class ExportError(RuntimeError):
-    """The export directory is missing, incomplete or not usable, said in one line."""
-
-
-@dataclass
-class LoadedExport:
-    """`model` is model.ts (scoring); `programs` the torch.export generation steps;
-    `generation_model` what the CLI, the app and the pyfunc generate with."""
-
-    directory: Path
-    model: torch.jit.ScriptModule
-    tokenizer: Tokenizer
-    record: dict[str, Any]
-    programs: ProgramGenerator
-    engine: str = "auto"  # what generates (gptmini.serving.engines.CHOICES)
-
-    @property
-    def block_size(self) -> int:
-        return int(self.model.block_size)
-
-    @cached_property
-    def eager_model(self) -> GPT:
-        """The model as an eager GPT (the record's configuration, model.ts's weights), for
-        what the export does not carry (the attention maps); built on first use."""
-        from gptmini.core.config import ModelConfig
-
-        config = dict(self.record["model"]["config"])
-        vocab_size = config.pop("vocab_size")
-        model = GPT(ModelConfig(**config), vocab_size)
-        model.load_state_dict(self.model.state_dict())
-        return model.eval()
-
-    @functools.cached_property
-    def generation_model(self) -> Any:
-        """What generates: `engine`'s model (gptmini.serving.engines), made on first use."""
-        from gptmini.serving.engines import load_generator
-
-        return load_generator(self, self.engine)
-
-
-def _require(directory: Path, *names: str) -> None:
-    for name in names:
-        if not (directory / name).is_file():
-            raise ExportError(f"{directory}/ has no {name}: not a complete export; run the "
-                              "export stage again (dvc repro)")
-
-
-def load_export(export_dir: str | Path) -> LoadedExport:
-    """The TorchScript model, tokenizer and evaluation record of an export directory."""
-    directory = Path(export_dir)
-    if not directory.is_dir():
-        raise ExportError(f"no export at {directory}/: run the pipeline (dvc repro) or "
-                          "point --export-dir at an export directory")
-    _require(directory, MODEL_FILE, TOKENIZER_FILE, METRICS_FILE)
-    try:
-        model = torch.jit.load(str(directory / MODEL_FILE), map_location="cpu").eval()
-    except (RuntimeError, ValueError) as exc:
-        raise ExportError(f"{directory / MODEL_FILE} is not a TorchScript model: "
-                          f"{first_line(exc)}") from None
-    if not hasattr(model, "generate"):
-        raise ExportError(f"{directory / MODEL_FILE} was exported before generation was "
-                          "added: run the export stage again (dvc repro)")
-    try:
-        definition = json.loads((directory / TOKENIZER_FILE).read_text())
-        record = json.loads((directory / METRICS_FILE).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ExportError(f"{directory}/: unreadable tokenizer or metrics file: {exc}") from None
-    try:
-        tokenizer = from_definition(definition)
-    except (AttributeError, KeyError, TypeError, ValueError) as exc:
-        raise ExportError(f"{directory / TOKENIZER_FILE}: not a usable tokenizer definition: "
-                          f"{exc}") from None
-    except Exception as exc:  # tiktoken without network or a cache of its files
-        raise ExportError(f"cannot load the tiktoken encoding {definition.get('encoding')!r}: "
-                          f"{exc} (offline? set TIKTOKEN_CACHE_DIR)") from None
-    recorded = (record.get("model") or {}).get("weights_sha256")
-    if recorded and weights_sha256(model) != recorded:
-        raise ExportError(f"{directory / MODEL_FILE}: its weights are not the ones "
-                          f"{METRICS_FILE} records (sha256): the file is corrupted")
-    n_vocab = int(model.wte.weight.size(0))
-    if n_vocab != tokenizer.vocab_size:
-        raise ExportError(f"{directory}/: the model has {n_vocab} tokens, the tokenizer "
-                          f"{tokenizer.vocab_size}")
-    return LoadedExport(directory, model, tokenizer, record, _load_programs(directory, model))
-
-
-def _load_programs(directory: Path, model: torch.jit.ScriptModule) -> ProgramGenerator:
-    """The export's generation programs (prefill.pt2, decode.pt2)."""
-    _require(directory, PREFILL_FILE, DECODE_FILE)
-    quiet = logging.getLogger("torch.export")  # it logs a traceback before it raises
-    level = quiet.level
-    try:
-        quiet.setLevel(logging.ERROR)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            prefill = torch.export.load(directory / PREFILL_FILE)
-            decode = torch.export.load(directory / DECODE_FILE)
-    except Exception as exc:  # torch.export.load raises many kinds; say which file, in a line
-        raise ExportError(f"{directory}/: cannot load the torch.export programs: "
-                          f"{first_line(exc)}") from None
-    finally:
-        quiet.setLevel(level)
-    return ProgramGenerator(prefill, decode, int(model.block_size))
-
-
-def _size(n_bytes: int) -> str:
-    for unit, scale in (("MB", 1e6), ("kB", 1e3)):
-        if n_bytes >= scale:
-            return f"{n_bytes / scale:.1f} {unit}"
-    return f"{n_bytes} B"
-
-
-def describe(exported: LoadedExport) -> str:
-    """A few lines on what the export holds, for `gptmini info`."""
-    record, directory = exported.record, exported.directory
-    model, metrics = record.get("model", {}), record.get("metrics") or {}
-    files = {
-        MODEL_FILE: "TorchScript: forward(ids) -> logits, generate(ids, ...) with a KV cache",
-        PROGRAM_FILE: "torch.export program of forward (dynamic batch and sequence length)",
-        PREFILL_FILE: "torch.export program: prompt -> logits, KV cache (generation)",
-        DECODE_FILE: "torch.export program: one token, KV cache -> logits, KV cache",
-        "step.onnx": "ONNX graph (ONNX Runtime): tokens after a KV cache -> logits, cache",
-        TOKENIZER_FILE: f"tokenizer: {describe_tokenizer(exported.tokenizer.definition())}",
-        METRICS_FILE: "validation metrics, model configuration, weights sha256",
-        TRAIN_LOG_FILE: "training loss by step",
-        EVAL_LOG_FILE: "train/validation loss estimates by step",
-        "README.md": "how to use it with torch alone",
-    }
-    lines = [f"export: {directory.resolve()}/"]
-    for name, what in files.items():
-        path = directory / name
-        if path.is_file():
-            lines.append(f"  {name:<24}{_size(path.stat().st_size):>8}  {what}")
-    hf = directory / HF_DIR
-    if hf.is_dir():
-        size = sum(p.stat().st_size for p in hf.iterdir() if p.is_file())
-        lines.append(f"  {HF_DIR + '/':<24}{_size(size):>8}  Hugging Face transformers: "
-                     "GPT2LMHeadModel (safetensors) and its tokenizer")
-    lines.append(f"model: {describe_model(record)}")
-    lines.append(f"weights sha256: {model.get('weights_sha256')}")
-    if metrics_line(metrics):
-        lines.append(f"validation: {metrics_line(metrics)}")
-    return "\n".join(lines)

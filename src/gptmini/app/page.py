@@ -8,7 +8,7 @@ for a prompt, and the most likely next tokens at each position. Model:
 evaluation_metrics.json, the parameter count and the training loss curve. Generate,
 Evaluate and Inspect share one limit of CONCURRENCY requests computed at once.
 
-``gptmini app`` (or ``python -m gptmini.serving.cli app``) serves it on
+``gptmini app`` (or ``python -m gptmini.cli app``) serves it on
 http://127.0.0.1:7860; other hosts only with ``--host``. Anything a user types that the
 model cannot take is a short message in the page (and for API clients), never a traceback,
 and the app keeps serving.
@@ -20,121 +20,44 @@ import html
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import replace
 from functools import partial
 from typing import Any
 
 import gradio as gr
 import torch
 
+from gptmini.app.inspection import attention_figure, candidates_frame, inspect_ids
+from gptmini.app.views import (
+    loss_frame,
+    model_markdown,
+    stats_markdown,
+    surprise_html,
+    validation_markdown,
+)
 from gptmini.data.text import InputError
 from gptmini.evaluation.metrics import encode_text, surprise
-from gptmini.report import describe_model, metrics_line, metrics_markdown
-from gptmini.serving.export import EVAL_LOG_FILE, TRAIN_LOG_FILE, LoadedExport
-from gptmini.serving.generation import (
+from gptmini.inference.generation import (
+    MAX_NEW_TOKENS,
     MAX_PROMPT_CHARS,
     Sampling,
+    generate_text,
     prepare_prompt,
-    random_seed,
-    stream,
 )
-from gptmini.serving.inspection import attention_figure, candidates_frame, inspect_ids
+from gptmini.inference.loading import LoadedExport
+from gptmini.report import metrics_markdown
 
-MAX_NEW_TOKENS = 2000       # per request, so one request cannot hold a worker for long
 MAX_EVAL_CHARS = 10_000     # the coloured picture has one element per token
 UPDATE_SECONDS = 0.05       # how often streamed text is pushed to the page
 CONCURRENCY = 2             # requests computed at once, all tabs together (one thread each)
 MODEL_QUEUE = "model"       # the concurrency group every event that runs the model is in
 QUEUE_SIZE = 256            # requests waiting beyond that; more are turned away
+DEFAULT = Sampling()        # the fields' starting values
 # Every event that runs the model: all tabs together share one limit of CONCURRENCY.
 MODEL_EVENTS = {"concurrency_id": MODEL_QUEUE, "concurrency_limit": CONCURRENCY}
-
-# Surprise in bits -> background colour (pale yellow to dark red), white text from 5 bits.
-_STOPS = [(0.0, (255, 253, 231)), (2.0, (255, 224, 130)), (4.0, (255, 167, 38)),
-          (6.0, (229, 57, 53)), (8.0, (127, 0, 0))]
-
 
 def _is_negative(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and value < 0
 
-
-def _stats(n_chars: int, seconds: float, seed: int, notices: list[str], done: bool) -> str:
-    speed = n_chars / seconds if seconds > 0 else 0.0
-    state = "done" if done else "generating…"
-    line = (f"**{n_chars:,} characters** in {seconds:.2f} s · **{speed:,.0f} chars/s** · "
-            f"seed {seed} · {state}")
-    return "\n\n".join([line, *(f"Note: {html.escape(n)}" for n in notices)])
-
-
-def surprise_colour(bits: float) -> str:
-    bits = min(max(bits, 0.0), _STOPS[-1][0])
-    for (b0, c0), (b1, c1) in zip(_STOPS, _STOPS[1:], strict=False):
-        if bits <= b1:
-            f = (bits - b0) / (b1 - b0)
-            return "#" + "".join(f"{round(a + f * (b - a)):02x}" for a, b in zip(c0, c1,
-                                                                                  strict=True))
-    return "#7f0000"
-
-
-def _escape(text: str) -> str:
-    # Braces and dollars too: the HTML component fills a template with the value.
-    return (html.escape(text).replace("$", "&#36;").replace("{", "&#123;")
-            .replace("}", "&#125;"))
-
-
-def surprise_html(pieces: list[tuple[str, float | None]]) -> str:
-    """The text as spans coloured by each token's surprise in bits, with a legend."""
-    spans = []
-    for text, bits in pieces:
-        shown = text.replace("\n", "↵\n")
-        if bits is None:
-            spans.append(f'<span title="context">{_escape(shown)}</span>')
-            continue
-        fg = "#fff" if bits >= 5 else "#000"
-        spans.append(f'<span style="background:{surprise_colour(bits)};color:{fg}" '
-                     f'title="{_escape(repr(text))}: {bits:.2f} bits">{_escape(shown)}</span>')
-    legend = "".join(
-        f'<span style="background:{surprise_colour(b)};color:{"#fff" if b >= 5 else "#000"};'
-        f'padding:0 0.5em">{b}{"+" if b == 8 else ""}</span>' for b in range(0, 9))
-    return ('<div class="surprise">'
-            f'<div style="margin-bottom:0.5em">surprise, bits per token: {legend}</div>'
-            '<div style="font-family:ui-monospace,monospace;white-space:pre-wrap;'
-            'line-height:1.5;color:#000;background:#fff;padding:0.5em;border-radius:4px">'
-            f'{"".join(spans)}</div></div>')
-
-
-def loss_frame(exported: LoadedExport) -> Any:
-    """The training logs as one long table (step, loss, series), or None without logs."""
-    import pandas as pd
-
-    parts = []
-    train_log = exported.directory / TRAIN_LOG_FILE
-    eval_log = exported.directory / EVAL_LOG_FILE
-    try:
-        if train_log.is_file():
-            rows = pd.read_csv(train_log)
-            parts.append(pd.DataFrame({"step": rows["step"], "loss": rows["loss"],
-                                       "series": "train (batch)"}))
-        if eval_log.is_file():
-            rows = pd.read_csv(eval_log)
-            for column, name in (("train_loss", "train (estimate)"),
-                                 ("val_loss", "validation (estimate)")):
-                parts.append(pd.DataFrame({"step": rows["step"], "loss": rows[column],
-                                           "series": name}))
-    except (KeyError, ValueError, pd.errors.ParserError):
-        return None
-    return pd.concat(parts, ignore_index=True) if parts else None
-
-
-def model_markdown(exported: LoadedExport) -> str:
-    return f"{describe_model(exported.record)} · export `{exported.directory}`"
-
-
-def validation_markdown(exported: LoadedExport) -> str:
-    metrics = exported.record.get("metrics") or {}
-    if not metrics_line(metrics):
-        return "No validation metrics in this export."
-    return f"### Validation\n\n{metrics_markdown(metrics)}"
 
 
 def _user_error(exc: Exception) -> gr.Error:
@@ -146,30 +69,24 @@ def generate(exported: LoadedExport, prompt: str, temperature: float, top_k: int
              top_p: float, length: int, seed: int | None, stop: str | None = None
              ) -> Iterator[tuple[str, str]]:
     """The Generate tab: the text so far and its statistics, every UPDATE_SECONDS."""
-    tokenizer = exported.tokenizer
     try:
-        if _is_negative(seed):
-            seed = None  # the field's "-1: random"
-        sampling = Sampling.from_user(length=length, temperature=temperature, top_k=top_k,
-                                      top_p=top_p, seed=seed, stop=stop or None,
-                                      vocab_size=tokenizer.vocab_size,
-                                      max_tokens=MAX_NEW_TOKENS)
-        checked = prepare_prompt(prompt, tokenizer, exported.block_size)
+        started = generate_text(exported, prompt, max_tokens=MAX_NEW_TOKENS, length=length,
+                                temperature=temperature, top_k=top_k, top_p=top_p,
+                                seed=None if _is_negative(seed) else seed,  # -1: random
+                                stop=stop or None)
     except InputError as exc:
         raise _user_error(exc) from None
-    if sampling.seed is None:
-        sampling = replace(sampling, seed=random_seed())
-    text, n_chars = checked.text, 0
+    seed, notices = started.sampling.seed, started.prompt.notices
+    text, n_chars = started.prompt.text, 0
     start = last = time.perf_counter()
-    for piece in stream(exported.generation_model, tokenizer, checked, sampling):
+    for piece in started.pieces:
         text += piece
         n_chars += len(piece)
         now = time.perf_counter()
         if now - last >= UPDATE_SECONDS:
             last = now
-            yield text, _stats(n_chars, now - start, sampling.seed, checked.notices, False)
-    yield text, _stats(n_chars, time.perf_counter() - start, sampling.seed, checked.notices,
-                       True)
+            yield text, stats_markdown(n_chars, now - start, seed, notices, False)
+    yield text, stats_markdown(n_chars, time.perf_counter() - start, seed, notices, True)
 
 
 def evaluate(exported: LoadedExport, text: str) -> tuple[str, str, dict[str, float]]:
@@ -214,12 +131,13 @@ def generate_tab(exported: LoadedExport) -> None:
     # Plain number fields, not sliders: out-of-range values then reach
     # Sampling.from_user, whose messages name the setting and what it allows.
     with gr.Row():
-        temperature = gr.Number(value=0.8, step=0.05, label="Temperature",
+        temperature = gr.Number(value=DEFAULT.temperature, step=0.05, label="Temperature",
                                 info=">= 0; 0 is greedy")
         top_k = gr.Number(value=vocab_size, step=1, precision=0, label="Top-k",
                           info=f"1 to {vocab_size:,} (all)")
-        top_p = gr.Number(value=1.0, step=0.05, label="Top-p", info="in (0, 1]; 1 is off")
-        length = gr.Number(value=500, step=50, precision=0, label="Length",
+        top_p = gr.Number(value=DEFAULT.top_p, step=0.05, label="Top-p",
+                          info="in (0, 1]; 1 is off")
+        length = gr.Number(value=DEFAULT.max_new_tokens, step=50, precision=0, label="Length",
                            info=f"tokens, 1 to {MAX_NEW_TOKENS:,}")
         seed = gr.Number(value=1337, precision=0, label="Seed", info="-1: random")
     stop = gr.Textbox(label="Stop at", placeholder="e.g. \\n\\n (optional)",

@@ -29,14 +29,16 @@ from typing import Any
 
 import torch
 
+from gptmini.export.layout import (
+    HF_CONFIG_FILE,
+    HF_GENERATION_CONFIG_FILE,
+    HF_TOKENIZER_CONFIG_FILE,
+    HF_TOKENIZER_FILE,
+    HF_WEIGHTS_FILE,
+)
+from gptmini.inference.generation import Sampling
 from gptmini.model import GPT
-from gptmini.serving.generation import Sampling
 
-CONFIG_FILE = "config.json"
-GENERATION_CONFIG_FILE = "generation_config.json"
-WEIGHTS_FILE = "model.safetensors"
-TOKENIZER_FILE = "tokenizer.json"
-TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 ENDOFTEXT = "<|endoftext|>"
 
 
@@ -208,8 +210,8 @@ def tokenizer_files(definition: dict[str, Any], block_size: int) -> dict[str, st
     if bpe:
         config.update(bos_token=ENDOFTEXT, eos_token=ENDOFTEXT, unk_token=ENDOFTEXT,
                       add_prefix_space=False)
-    return {TOKENIZER_FILE: tok.to_str(pretty=True) + "\n",
-            TOKENIZER_CONFIG_FILE: json.dumps(config, indent=2, sort_keys=True) + "\n"}
+    return {HF_TOKENIZER_FILE: tok.to_str(pretty=True) + "\n",
+            HF_TOKENIZER_CONFIG_FILE: json.dumps(config, indent=2, sort_keys=True) + "\n"}
 
 
 # -- the folder -------------------------------------------------------------------------------
@@ -229,11 +231,11 @@ def write_hf_folder(ckpt: dict[str, Any], model: GPT, out_dir: str | Path) -> Pa
     out = Path(out_dir)
     out.mkdir(parents=True)
     files = {
-        CONFIG_FILE: hf_config(ckpt).to_json_string(),
-        GENERATION_CONFIG_FILE: hf_generation_config(ckpt).to_json_string(),
+        HF_CONFIG_FILE: hf_config(ckpt).to_json_string(),
+        HF_GENERATION_CONFIG_FILE: hf_generation_config(ckpt).to_json_string(),
         **tokenizer_files(ckpt["tokenizer"], ckpt["model_config"]["block_size"]),
     }
     for name, text in files.items():
         (out / name).write_text(text, encoding="utf-8")
-    (out / WEIGHTS_FILE).write_bytes(safetensors_bytes(hf_state_dict(model)))
+    (out / HF_WEIGHTS_FILE).write_bytes(safetensors_bytes(hf_state_dict(model)))
     return out

@@ -1,7 +1,7 @@
-"""The export in MLflow's model registry, and the one loader of a model for the CLI and app.
+"""The export in MLflow's model registry.
 
-`export_stage` is the pipeline's export stage. Its `publish`, inside the pipeline's run,
-logs the export as an MLflow Model (`gptmini.serving.mlflow_model`), registers it as a new
+`publish`, inside the pipeline's run (gptmini.export.stage), logs the export as an MLflow
+Model (`gptmini.export.pyfunc`), registers it as a new
 version of the registered model `gptmini` and moves the alias `champion` to it only when
 its validation BPC (from the export's evaluation_metrics.json) is lower than the
 champion's: BPC compares models with different tokenizers. Each version carries its BPC,
@@ -11,16 +11,11 @@ The same run also holds the export's Hugging Face folder (`hf/`) as a model of M
 transformers flavor, `hf`: a text-generation pipeline that `mlflow.transformers.load_model`
 and `mlflow.pyfunc.load_model` load and `mlflow models serve` serves, with transformers
 alone. It is logged, not registered: the registry's versions and their champion are the
-project's model.
-
-`load_model` takes an export directory or an MLflow model URI (`models:/gptmini@champion`,
-`models:/gptmini/3`, `runs:/<run id>/model`, `models:/m-<id>`) and returns the loaded
-export, whichever way it was named.
+project's model. `gptmini.inference.loading.load_model` loads a version back.
 """
 
 from __future__ import annotations
 
-import atexit
 import shutil
 import tempfile
 from dataclasses import dataclass, replace
@@ -28,15 +23,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from gptmini.core.errors import first_line
-from gptmini.serving.export import HF_DIR, MLFLOW_ARTIFACT, ExportError, LoadedExport, load_export
+from gptmini.export.layout import HF_DIR, HF_GENERATION_CONFIG_FILE, MLFLOW_ARTIFACT
 
 REGISTERED_MODEL = "gptmini"
 CHAMPION = "champion"
 BPC_TAG = "val_bpc"
 MODEL_NAME = "model"            # the model's name in its run
 HF_MODEL_NAME = "hf"            # the Hugging Face folder's, in the same run
-URI_SCHEMES = ("models:/", "runs:/")
 # What the model needs where it is loaded, besides its own copy of gptmini's code.
 REQUIREMENTS = ("mlflow", "torch", "numpy", "pandas", "tiktoken", "pydantic", "pyyaml",
                 "onnxruntime")  # onnxruntime: the pyfunc generates with the fastest engine
@@ -52,7 +45,7 @@ class Published:
     promoted: bool
     hf_model_uri: str | None = None  # the transformers-flavor model (None: no hf/ folder)
 
-    def describe(self) -> str:
+    def summary(self) -> str:
         was = ("no champion before" if self.champion_bpc is None
                else f"champion's {self.champion_bpc:.4f}")
         verdict = "now @champion" if self.promoted else "champion unchanged"
@@ -74,15 +67,15 @@ def log_model(export_dir: str | Path) -> Any:
     import mlflow
 
     import gptmini
-    from gptmini.serving import mlflow_model
-    from gptmini.serving.mlflow_model import input_example, signature
+    from gptmini.export import pyfunc
+    from gptmini.export.pyfunc import input_example, signature
 
     package = Path(gptmini.__file__).parent
     with tempfile.TemporaryDirectory() as tmp:
         code = Path(tmp) / "gptmini"
         shutil.copytree(package, code, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         return mlflow.pyfunc.log_model(
-            name=MODEL_NAME, python_model=mlflow_model.__file__,
+            name=MODEL_NAME, python_model=pyfunc.__file__,
             artifacts={MLFLOW_ARTIFACT: str(Path(export_dir).resolve())},
             code_paths=[str(code)], signature=signature(), input_example=input_example(),
             pip_requirements=requirements())
@@ -97,10 +90,9 @@ def hf_signature(folder: Path) -> Any:
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
-    from gptmini.serving.hf import GENERATION_CONFIG_FILE
-    from gptmini.serving.mlflow_model import PARAMS
+    from gptmini.export.pyfunc import PARAMS
 
-    config = json.loads((folder / GENERATION_CONFIG_FILE).read_text())
+    config = json.loads((folder / HF_GENERATION_CONFIG_FILE).read_text())
     kinds = {"do_sample": "boolean", "temperature": "double", "top_k": "long",
              "top_p": "double"}
     params = [ParamSpec("max_new_tokens", "long", PARAMS["max_new_tokens"][1])]
@@ -174,58 +166,3 @@ def publish(export_dir: str | Path, record: dict[str, Any]) -> Published:
     published = register(info.model_uri, record)
     hf = log_hf_model(export_dir)
     return replace(published, hf_model_uri=None if hf is None else hf.model_uri)
-
-
-def export_stage(params: Any = None) -> dict[str, Any]:
-    """The pipeline's export stage: export the checkpoint with the evaluate stage's metrics
-    and the training logs to data/export/ (`gptmini.serving.export`), log
-    evaluation_metrics.json and the export to the pipeline's MLflow run, then `publish` the
-    export as an MLflow Model. Nothing of MLflow's (run id, model version) goes into
-    data/export/. `params` (the stage runner's) is not needed."""
-    import mlflow
-
-    from gptmini.core import paths
-    from gptmini.report import describe_model
-    from gptmini.serving.export import METRICS_FILE, export
-    from gptmini.tracking.runs import pipeline_run
-
-    record = export(paths.CHECKPOINT, paths.EVALUATE_METRICS, paths.EXPORT_DIR,
-                    train_log=paths.TRAIN_LOG, eval_log=paths.EVAL_LOG)
-    with pipeline_run("export"):
-        mlflow.log_artifact(str(paths.EXPORT_DIR / METRICS_FILE))
-        mlflow.log_artifacts(str(paths.EXPORT_DIR), artifact_path=MLFLOW_ARTIFACT)
-        published = publish(paths.EXPORT_DIR, record)
-    print(f"exported to {paths.EXPORT_DIR}/: {describe_model(record)}")
-    print(published.describe())
-    return record
-
-
-def is_model_uri(source: str | Path) -> bool:
-    return isinstance(source, str) and source.startswith(URI_SCHEMES)
-
-
-def load_model(source: str | Path) -> LoadedExport:
-    """An export directory, or an MLflow model URI on the project's tracking store
-    ($MLFLOW_TRACKING_URI, else the project's mlflow.db): the model's files are downloaded
-    to a temporary directory that lives as long as this process."""
-    if not is_model_uri(source):
-        return load_export(source)
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    from gptmini.tracking.store import tracking_uri
-
-    mlflow.set_tracking_uri(tracking_uri())
-    target = Path(tempfile.mkdtemp(prefix="gptmini-model-"))
-    atexit.register(shutil.rmtree, target, ignore_errors=True)
-    try:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=str(source),
-                                                    dst_path=str(target))
-    except MlflowException as exc:
-        raise ExportError(f"cannot load {source} from {tracking_uri()}: {first_line(exc)}"
-                          ) from None
-    directory = Path(local) / "artifacts" / MLFLOW_ARTIFACT
-    if not directory.is_dir():
-        raise ExportError(f"{source} is not a GPT-Mini model (it has no "
-                          f"artifacts/{MLFLOW_ARTIFACT}/)")
-    return load_export(directory)

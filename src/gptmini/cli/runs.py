@@ -1,10 +1,16 @@
-"""The MLflow runs of an experiment as one table: tokenizer, key params, validation
-metrics and wall time, through `mlflow.search_runs` and pandas."""
+"""`gptmini runs`: the MLflow runs of an experiment as one table (tokenizer, key params,
+validation metrics and wall time, through `mlflow.search_runs` and pandas), as CSV, or as a
+plot against the recipe of params.yaml."""
 
 from __future__ import annotations
 
+import argparse
+import os
+import sys
 from pathlib import Path
 from typing import Any
+
+from gptmini.cli.common import positive_int
 
 # table column -> the search_runs column it comes from (numbers are converted)
 COLUMNS = {
@@ -211,3 +217,53 @@ def format_table(table: Any) -> str:
         shown[column] = shown[column].map(lambda v: "" if v != v else f"{v:g}")
     shown["wall_s"] = shown["wall_s"].map(lambda v: "" if v != v else f"{v:.0f}")
     return shown.fillna("").to_string(index=False)
+
+
+def run(args: argparse.Namespace) -> int:
+    """`gptmini runs`: the table, optionally as CSV or a plot, and where to compare them."""
+    from gptmini.core.config import load_params
+    from gptmini.tracking.store import DEFAULT_EXPERIMENT, EXPERIMENT_ENV, tracking_uri
+
+    experiment = args.experiment or os.environ.get(EXPERIMENT_ENV) or DEFAULT_EXPERIMENT
+    uri = args.tracking_uri or tracking_uri()
+    # the recipe the runs are compared with: --plot's stars, the `changes` column
+    recipe = load_params(args.params) if args.plot or Path(args.params).is_file() else None
+    table = runs_table(uri, experiment, args.sort, args.descending, recipe)
+    if args.limit:
+        table = table.head(args.limit)
+    if args.plot:
+        cpus = " / ".join(table.attrs["cpus"]) or "CPU not recorded"
+        plot_runs(table, args.plot, f"{experiment}: {len(table)} runs on {cpus}")
+        print(f"wrote {args.plot}: the default recipe is {args.params}'s")
+    if args.csv:
+        sys.stdout.write(table.to_csv(index=False))
+        return 0
+    print(format_table(table))
+    print(f"\ncompare them in the MLflow UI: {ui_url(uri, experiment)}")
+    if not uri.startswith(("http://", "https://")):
+        print(f"(after: mlflow ui --backend-store-uri {uri})")
+    return 0
+
+
+def add_parser(sub: Any) -> None:
+    runs = sub.add_parser("runs", help="the MLflow runs as a table",
+                          description="Every run of the MLflow experiment: tokenizer, key "
+                          "params, validation BPC, perplexity, accuracy and training wall time.")
+    runs.add_argument("--sort", default="val_bpc", choices=list(COLUMNS), metavar="COLUMN",
+                      help=f"sort by this column (default val_bpc): {', '.join(COLUMNS)}")
+    runs.add_argument("--descending", action="store_true", help="largest first")
+    runs.add_argument("--limit", type=positive_int, default=None, metavar="N",
+                      help="show the first N rows")
+    runs.add_argument("--csv", action="store_true", help="print CSV instead of a table")
+    runs.add_argument("--plot", default=None, metavar="PNG",
+                      help="also draw validation nats/char against training wall time, one "
+                           "point a run, the runs of the current params.yaml as stars")
+    runs.add_argument("--params", default="params.yaml", metavar="YAML",
+                      help="the recipe the runs are compared with: their `changes` column "
+                           "and --plot's stars (default params.yaml)")
+    runs.add_argument("--experiment", default=None,
+                      help="experiment name (default: $MLFLOW_EXPERIMENT_NAME, else gptmini)")
+    runs.add_argument("--tracking-uri", default=None, metavar="URI",
+                      help="MLflow store (default: $MLFLOW_TRACKING_URI, else "
+                           "sqlite:///<project>/mlflow.db)")
+    runs.set_defaults(func=run)

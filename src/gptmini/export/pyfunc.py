@@ -11,7 +11,7 @@ random seed and no stop string.
 
 MLflow runs this file to load the model (`set_model` at the end). The code it imports is
 the copy of the `gptmini` package logged with the model (`code_paths`, see
-`gptmini.serving.registry`): a model generates with the code it was logged with, whatever
+`gptmini.export.registry`): a model generates with the code it was logged with, whatever
 version of GPT-Mini is installed where it is loaded, if any.
 """
 
@@ -22,16 +22,18 @@ from typing import Any
 import mlflow
 from mlflow.pyfunc import PythonModel
 
+from gptmini.inference.generation import MAX_NEW_TOKENS, Sampling
+
 PROMPT_COLUMN = "prompt"
-MAX_NEW_TOKENS = 2000           # per prompt, so one request cannot hold the server for long
+_DEFAULT = Sampling()
 # name -> (MLflow type, default); None: off (top_k, stop) or a random seed (seed)
 PARAMS: dict[str, tuple[str, Any]] = {
-    "max_new_tokens": ("long", 200),
-    "temperature": ("double", 0.8),
-    "top_k": ("long", None),
-    "top_p": ("double", 1.0),
-    "seed": ("long", None),
-    "stop": ("string", None),
+    "max_new_tokens": ("long", _DEFAULT.max_new_tokens),
+    "temperature": ("double", _DEFAULT.temperature),
+    "top_k": ("long", _DEFAULT.top_k),
+    "top_p": ("double", _DEFAULT.top_p),
+    "seed": ("long", _DEFAULT.seed),
+    "stop": ("string", _DEFAULT.stop),
 }
 EXAMPLE_PROMPT = "ROMEO:"
 EXAMPLE_PARAMS = {"max_new_tokens": 20, "temperature": 0.8, "seed": 1337}
@@ -100,42 +102,36 @@ def _invalid(message: str) -> Exception:
 
 
 class GPTMiniModel(PythonModel):
-    """Loads the export and generates with its fastest engine (gptmini.serving.engines)."""
+    """Loads the export and generates with its fastest engine (gptmini.inference.engines)."""
 
     def load_context(self, context) -> None:
-        from gptmini.serving.export import MLFLOW_ARTIFACT, load_export
+        from gptmini.export.layout import MLFLOW_ARTIFACT
+        from gptmini.inference.loading import load_export
 
         self.exported = load_export(context.artifacts[MLFLOW_ARTIFACT])
 
     # No type hints here: MLflow would read them as the input schema, which the signature
     # (logged with the model) already gives.
     def predict(self, context, model_input, params=None):
+        import torch
+
         from gptmini.data.text import InputError
-        from gptmini.serving.generation import Sampling, prepare_prompt, stream
+        from gptmini.inference.generation import generate_text
 
         given = {name: default for name, (_, default) in PARAMS.items()}
         given.update({k: v for k, v in (params or {}).items() if k in PARAMS})
-        exported = self.exported
-        try:
-            sampling = Sampling.from_user(
-                length=given["max_new_tokens"], temperature=given["temperature"],
-                top_k=given["top_k"], top_p=given["top_p"], seed=given["seed"],
-                stop=given["stop"], vocab_size=exported.tokenizer.vocab_size,
-                max_tokens=MAX_NEW_TOKENS)
-            prompts = [prepare_prompt(text, exported.tokenizer, exported.block_size)
-                       for text in prompts_of(model_input)]
+        values = {"length": given.pop("max_new_tokens"), **given}
+        try:  # every prompt checked before any is generated
+            started = [generate_text(self.exported, text, max_tokens=MAX_NEW_TOKENS,
+                                     **values) for text in prompts_of(model_input)]
         except InputError as exc:
             raise _invalid(str(exc)) from None
         # One torch thread, as the CLI and the app: decoding one token is too small a job to
         # split, and split on busy cores it mostly waits (the caller's setting is restored).
-        import torch
-
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            return ["".join(stream(exported.generation_model, exported.tokenizer, prompt,
-                                    sampling))
-                    for prompt in prompts]
+            return ["".join(generation.pieces) for generation in started]
         finally:
             torch.set_num_threads(threads)
 

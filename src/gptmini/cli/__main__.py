@@ -1,0 +1,5 @@
+import sys
+
+from gptmini.cli import main
+
+sys.exit(main())

@@ -1,2 +1,0 @@
-"""Serving: the export, text generation, the `gptmini` command, the web app and the MLflow
-runs table."""

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import model_config
+from conftest import default_params, make_corpus, model_config
 from gptmini.evaluation.metrics import (
     _windows,
     _windows_in_batches,
@@ -181,3 +182,58 @@ def test_the_sliding_protocol_is_one_forward_pass_per_token_with_its_own_context
     else:
         assert np.array_equal(nll, headline)
 
+
+# -- the evaluate stage -----------------------------------------------------------------------
+
+
+def test_the_evaluate_stage_writes_and_logs_every_protocol(tmp_path, monkeypatch):
+    """metrics/evaluate.json: the headline (validation, non-overlapping) under the bare keys,
+    the validation split in sliding windows under sliding_*, the training split under
+    train_*; each exactly what evaluate_tokens gives, and each logged to the MLflow run."""
+    import mlflow
+
+    from gptmini.core import paths
+    from gptmini.core.config import parse_params
+    from gptmini.data.tokens import load_tokens, prepare
+    from gptmini.evaluation.run import evaluate
+    from gptmini.report import PROTOCOLS, protocol_metrics
+    from gptmini.training.checkpoint import save_checkpoint
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    raw = default_params()
+    raw["model"].update(n_layer=1, n_embd=16, n_head=2, block_size=16)
+    raw["evaluate"].update(batch_size=4, device="cpu")
+    params = parse_params(raw)
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")  # marks the project root for MLflow
+    (tmp_path / "corpus.txt").write_text(make_corpus(60))
+    prepare(tmp_path / "corpus.txt", paths.TOKENS_DIR, params.tokenizer)
+    definition = json.loads(paths.TOKENIZER_JSON.read_text())
+    counts = json.loads(paths.COUNTS_JSON.read_text())
+    torch.manual_seed(5)
+    model = GPT(params.model, definition["vocab_size"]).eval()
+    paths.MODEL_DIR.mkdir(parents=True)
+    save_checkpoint(paths.CHECKPOINT, model, params.model, definition, 0)
+
+    metrics = evaluate(params)
+
+    written = json.loads(paths.EVALUATE_METRICS.read_text())
+    assert written == metrics
+    keys = set(summarize(1.0, 1, 1, 1))
+    assert set(written) == {f"{prefix}{key}" for prefix in PROTOCOLS for key in keys}
+    val = load_tokens(paths.TOKENS_DIR / "val.bin", definition["dtype"])
+    train = load_tokens(paths.TOKENS_DIR / "train.bin", definition["dtype"])
+    val_chars, train_chars = counts["val"]["chars"] - 1, counts["train"]["chars"] - 1
+    expected = {
+        "": evaluate_tokens(model, val, val_chars, batch_size=4, progress=False),
+        "sliding_": evaluate_tokens(model, val, val_chars, batch_size=4, progress=False,
+                                    stride=8),
+        "train_": evaluate_tokens(model, train, train_chars, batch_size=4, progress=False),
+    }
+    for prefix, want in expected.items():
+        assert protocol_metrics(written, prefix) == want, prefix
+    assert written["sliding_nll"] != written["nll"]
+    assert written["train_tokens"] == len(train) - 1 > written["tokens"]
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run_id = json.loads(paths.RUN_JSON.read_text())["run_id"]
+    assert mlflow.get_run(run_id).data.metrics == {k: float(v) for k, v in written.items()}

@@ -73,6 +73,9 @@ def test_first_repro_runs_every_stage_and_writes_every_output(project):
     metrics = json.loads((root / "metrics/evaluate.json").read_text())
     counts = json.loads((root / "data/tokens/counts.json").read_text())["val"]
     assert metrics["tokens"] == metrics["chars"] == counts["chars"] - 1  # all but the first
+    assert metrics["sliding_tokens"] == metrics["tokens"]  # the same split, other windows
+    train_chars = json.loads((root / "data/tokens/counts.json").read_text())["train"]["chars"]
+    assert metrics["train_tokens"] == metrics["train_chars"] == train_chars - 1
     record = json.loads((root / "data/export/evaluation_metrics.json").read_text())
     assert record["metrics"] == metrics
     assert record["tokenizer"]["kind"] == "char"
@@ -150,7 +153,10 @@ def test_gptmini_evaluate_on_the_validation_text_reproduces_the_stage_to_the_las
          "--export-dir", str(root / "data/export")],
         cwd=tmp_path, env=project.env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout) == json.loads((root / "metrics/evaluate.json").read_text())
+    from gptmini.report import protocol_metrics
+
+    headline = protocol_metrics(json.loads((root / "metrics/evaluate.json").read_text()), "")
+    assert json.loads(proc.stdout) == headline
 
 
 def test_second_repro_runs_nothing_and_status_is_clean(project):

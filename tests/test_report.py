@@ -17,6 +17,8 @@ from gptmini.report import (
     metrics_line,
     metrics_markdown,
     metrics_text,
+    protocol_metrics,
+    with_prefix,
 )
 
 METRICS = {"nll": 1.528746, "perplexity": 4.612234, "accuracy": 0.546031, "bpc": 2.205449,
@@ -164,3 +166,14 @@ def test_the_cli_the_app_and_the_readme_show_the_same_numbers(tiny, tmp_path, ca
         assert f"| {label} | {value} |" in table
         assert any(line.split() == [*label.split(), *value.split()]
                    for line in shown.splitlines())
+
+
+def test_each_protocol_of_evaluate_json_reads_back_under_the_bare_keys():
+    sliding = {**METRICS, "nll": 1.4, "bpc": 2.0}
+    train = {**METRICS, "nll": 1.2, "tokens": 1003853, "chars": 1003853}
+    whole = {**METRICS, **with_prefix(sliding, "sliding_"), **with_prefix(train, "train_")}
+    assert "sliding_bpc" in whole and "train_tokens" in whole
+    assert protocol_metrics(whole, "") == METRICS
+    assert protocol_metrics(whole, "sliding_") == sliding
+    assert protocol_metrics(whole, "train_") == train
+    assert metrics_line(whole) == metrics_line(METRICS)  # the headline, the others left out

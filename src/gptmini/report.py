@@ -22,6 +22,28 @@ METRICS: dict[str, tuple[str, str, str]] = {
 }
 QUALITY = ("nll", "perplexity", "accuracy", "bpc")  # the rest are counts
 
+# metrics/evaluate.json holds one flat set of metrics per protocol: the headline's keys
+# bare, each other protocol's with its prefix (`sliding_bpc`, `train_bpc`).
+# prefix -> what the protocol scores, in the order shown
+PROTOCOLS: dict[str, str] = {
+    "": "validation",
+    "sliding_": "validation, sliding windows",
+    "train_": "training split",
+}
+
+
+def with_prefix(metrics: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    """`metrics` (as `summarize` returns them) under protocol `prefix`'s keys."""
+    return {f"{prefix}{key}": value for key, value in metrics.items()}
+
+
+def protocol_metrics(metrics: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    """The metrics of protocol `prefix` out of an evaluate.json, under their bare keys
+    ("": the headline's, which every formatter here reads from the whole file)."""
+    others = [p for p in PROTOCOLS if p]
+    return {key[len(prefix):]: value for key, value in metrics.items()
+            if key.startswith(prefix) and (prefix or not key.startswith(tuple(others)))}
+
 
 def format_number(key: str, value: Any) -> str:
     """`value` of metric `key` in its format, without the unit: 4 decimals for the

@@ -1,8 +1,14 @@
 """Exact evaluation over a whole token sequence, and scoring any text with it.
 
 Every token after the first is predicted exactly once, in consecutive non-overlapping
-windows of the model's context: the evaluate stage, `gptmini evaluate` and the app all
-score through `evaluate_tokens` / `token_losses`, so they agree to the last digit.
+windows of the model's context (the headline protocol, nanoGPT's): the evaluate stage,
+`gptmini evaluate` and the app all score through `evaluate_tokens` / `token_losses`, so
+they agree to the last digit.
+
+The sliding protocol (`stride=sliding_stride(block)`) also predicts every token once, from
+windows of the context that start every `stride` tokens: the first window scores all its
+positions, each later one only those the one before did not reach (its last `stride`), so
+every token past the first `block` has at least `block - stride` tokens of history.
 
 A large vocabulary (BPE) is scored a chunk of positions at a time through the model's
 final hidden states (`gptmini.head.head_scores`), never the whole (batch, context, V)
@@ -44,30 +50,50 @@ def summarize(total_nll: float, correct: int, n_tokens: int, n_chars: int) -> di
     }
 
 
-def _windows(n: int, block: int) -> list[tuple[int, int]]:
-    """(start, length) of the input windows that predict tokens 1..n-1 once each."""
-    return [(s, min(block, n - 1 - s)) for s in range(0, n - 1, block)]
+def sliding_stride(block: int) -> int:
+    """The sliding protocol's stride for a context of `block` tokens: half of it."""
+    return max(1, block // 2)
+
+
+def _windows(n: int, block: int, stride: int | None = None) -> list[tuple[int, int, int]]:
+    """(start, length, skip) of the input windows that predict tokens 1..n-1 once each:
+    the window of `length` inputs from `start` predicts tokens start+1..start+length, all
+    but its first `skip`, which the windows before it predicted. Windows start every
+    `stride` tokens (None: `block`, non-overlapping, nothing skipped)."""
+    stride = stride or block
+    windows, done = [], 0  # done: tokens 1..done are predicted
+    for s in range(0, n - 1, stride):
+        length = min(block, n - 1 - s)
+        windows.append((s, length, done - s))
+        done = s + length
+        if done == n - 1:
+            break
+    return windows
 
 
 def _windows_in_batches(model: torch.nn.Module, tokens: np.ndarray, batch_size: int,
-                        device: torch.device | str, progress: bool
-                        ) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
+                        device: torch.device | str, progress: bool, stride: int | None = None
+                        ) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor,
+                                            np.ndarray | None]]:
     """For each batch of windows: the indices of the predicted tokens (b, t), the input ids
-    (b, t) and the targets (b, t)."""
+    (b, t), the targets (b, t) and which targets are scored (b, t), None when all are."""
     if len(tokens) < 2:
         raise ValueError("need at least two tokens to evaluate")
     model.eval().to(device)
-    windows = _windows(len(tokens), model.block_size)
+    windows = _windows(len(tokens), model.block_size, stride)
     # Full windows go in batches; the one shorter tail window goes alone.
-    full = [s for s, length in windows if length == model.block_size]
-    tail = [(s, length) for s, length in windows if length < model.block_size]
+    full = [(s, skip) for s, length, skip in windows if length == model.block_size]
+    tail = [w for w in windows if w[1] < model.block_size]
     offsets = np.arange(model.block_size + 1)
     batches = [full[i:i + batch_size] for i in range(0, len(full), batch_size)]
-    work = [(np.asarray(b)[:, None] + offsets) for b in batches]
-    work += [np.arange(s, s + length + 1)[None, :] for s, length in tail]
-    for index in progress_bar(work, desc="evaluate", disable=not progress):
+    work = [(np.asarray([s for s, _ in b])[:, None] + offsets, np.asarray([k for _, k in b]))
+            for b in batches]
+    work += [(np.arange(s, s + length + 1)[None, :], np.asarray([skip]))
+             for s, length, skip in tail]
+    for index, skips in progress_bar(work, desc="evaluate", disable=not progress):
         ids = torch.from_numpy(np.asarray(tokens[index], dtype=np.int64)).to(device)
-        yield index[:, 1:], ids[:, :-1], ids[:, 1:]
+        keep = None if not skips.any() else offsets[None, :index.shape[1] - 1] >= skips[:, None]
+        yield index[:, 1:], ids[:, :-1], ids[:, 1:], keep
 
 
 def _plain_head(model: torch.nn.Module) -> bool:
@@ -96,13 +122,20 @@ def _scores(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, reduction:
 
 @torch.inference_mode()
 def evaluate_tokens(model: GPT, tokens: np.ndarray, n_chars: int, *, batch_size: int = 32,
-                    device: torch.device | str = "cpu", progress: bool = True
-                    ) -> dict[str, float]:
+                    device: torch.device | str = "cpu", progress: bool = True,
+                    stride: int | None = None) -> dict[str, float]:
     """Evaluate `model` on `tokens`; `n_chars` is the number of characters spelled by
-    tokens[1:] (the predicted ones)."""
+    tokens[1:] (the predicted ones). `stride`: None for non-overlapping windows (the
+    headline), `sliding_stride(model.block_size)` for the sliding protocol."""
     total_nll, correct = 0.0, 0
-    for _, x, y in _windows_in_batches(model, tokens, batch_size, device, progress):
-        nll, right = _scores(model, x, y, "sum")
+    for _, x, y, keep in _windows_in_batches(model, tokens, batch_size, device, progress,
+                                             stride):
+        if keep is None:  # every target scored: the whole batch summed at once
+            nll, right = _scores(model, x, y, "sum")
+        else:
+            nll, right = _scores(model, x, y, "none")
+            mask = torch.from_numpy(keep).to(nll.device)
+            nll, right = nll[mask].double().sum(), right[mask]
         total_nll += nll.item()
         correct += int(right.sum().item())
     return summarize(total_nll, correct, len(tokens) - 1, n_chars)
@@ -110,16 +143,19 @@ def evaluate_tokens(model: GPT, tokens: np.ndarray, n_chars: int, *, batch_size:
 
 @torch.inference_mode()
 def token_losses(model: GPT, tokens: np.ndarray, *, batch_size: int = 32,
-                 device: torch.device | str = "cpu", progress: bool = False
-                 ) -> tuple[np.ndarray, np.ndarray]:
+                 device: torch.device | str = "cpu", progress: bool = False,
+                 stride: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per predicted token (tokens[1:], in order, with the same windows as
-    `evaluate_tokens`): its NLL in nats and whether it was the most likely token."""
+    `evaluate_tokens` for the same `stride`): its NLL in nats and whether it was the most
+    likely token."""
     nll_out = np.zeros(len(tokens), dtype=np.float64)
     right_out = np.zeros(len(tokens), dtype=bool)
-    for index, x, y in _windows_in_batches(model, tokens, batch_size, device, progress):
+    for index, x, y, keep in _windows_in_batches(model, tokens, batch_size, device, progress,
+                                                 stride):
         nll, right = _scores(model, x, y, "none")
-        nll_out[index] = nll.cpu()
-        right_out[index] = right.cpu()
+        scored = np.ones(index.shape, dtype=bool) if keep is None else keep
+        nll_out[index[scored]] = nll.cpu().numpy()[scored]
+        right_out[index[scored]] = right.cpu().numpy()[scored]
     return nll_out[1:], right_out[1:]
 
 

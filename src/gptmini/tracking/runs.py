@@ -80,7 +80,7 @@ def _experiment_id(uri: str) -> str:
             return experiment.experiment_id
         try:
             # a model-training experiment (MLflow 3.17's UI still opens on its GenAI view
-            # unless the address asks otherwise: serving/runs.py's ui_url)
+            # unless the address asks otherwise: cli/runs.py's ui_url)
             return mlflow.create_experiment(name, artifact_location=location, tags={
                 "mlflow.experimentKind": "custom_model_development"})
         except mlflow.exceptions.MlflowException:

@@ -19,7 +19,7 @@ it) and in the weight's dtype otherwise; softmax, log-sum-exp and the weight gra
 sum over chunks are float32. The result is the plain path's, `F.cross_entropy(logits.float(),
 targets)`, up to the order of float32 sums and bf16 rounding (tests/test_head.py).
 
-Small vocabularies keep the plain head (`chunked_head`): see `PLAIN_HEAD_MAX_VOCAB`.
+Small vocabularies keep the plain head (`uses_chunked_head`): see `PLAIN_HEAD_MAX_VOCAB`.
 Device-agnostic: nothing here is CPU- or CUDA-specific, and nothing waits on the device.
 """
 
@@ -37,7 +37,7 @@ CHUNK = 1024
 PIECE = 64
 
 
-def chunked_head(vocab_size: int) -> bool:
+def uses_chunked_head(vocab_size: int) -> bool:
     """Whether a model with this vocabulary trains and scores through the chunked head."""
     return vocab_size > PLAIN_HEAD_MAX_VOCAB
 
@@ -67,8 +67,8 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
                                         device=weight.device)
         with torch.autocast(hidden.device.type, enabled=False):
             w = weight.to(dtype)
-            # one buffer for every chunk's logits: a fresh 100 MB each time costs the CPU
-            # as much in page faults as the softmax
+            # one buffer for every chunk's logits: a fresh one each time costs the CPU as
+            # much in page faults as the softmax
             buffer = torch.empty(min(chunk, n), weight.size(0), dtype=dtype,
                                  device=hidden.device)
             for c in range(0, n, chunk):

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gptmini.core.config import ModelConfig
-from gptmini.head import CHUNK, chunked_head, head_loss
+from gptmini.head import CHUNK, head_loss, uses_chunked_head
 
 
 class Dropout(nn.Module):
@@ -158,7 +158,7 @@ class GPT(nn.Module):
         self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
         self.lm_head = nn.Linear(cfg.n_embd, vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # weight tying
-        self.chunked_head = chunked_head(vocab_size)
+        self.uses_chunked_head = uses_chunked_head(vocab_size)
         self.head_chunk = CHUNK  # positions per chunk of the chunked head
 
         self.apply(self._init_weights)
@@ -201,7 +201,7 @@ class GPT(nn.Module):
         x = self.hidden(idx)
         if targets is None:
             return self.lm_head(x)
-        if self.chunked_head and not torch.jit.is_scripting():
+        if self.uses_chunked_head and not torch.jit.is_scripting():
             return self._chunked_loss(x, targets)
         return next_token_loss(self.lm_head(x), targets)
 

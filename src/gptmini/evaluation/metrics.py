@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from gptmini.core.progress import progress_bar
 from gptmini.data.text import InputError, check_text
 from gptmini.data.tokenizers import Detokenizer, Tokenizer
-from gptmini.head import chunked_head, head_scores
+from gptmini.head import head_scores, uses_chunked_head
 from gptmini.model import GPT
 
 
@@ -98,8 +98,8 @@ def _windows_in_batches(model: torch.nn.Module, tokens: np.ndarray, batch_size: 
 
 def _plain_head(model: torch.nn.Module) -> bool:
     """Whether to score through the full logits, as the model's own training loss does for
-    its vocabulary (`gptmini.head.chunked_head`)."""
-    return not chunked_head(model.lm_head.weight.size(0))
+    its vocabulary (`gptmini.head.uses_chunked_head`)."""
+    return not uses_chunked_head(model.lm_head.weight.size(0))
 
 
 def _scores(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, reduction: str

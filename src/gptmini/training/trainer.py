@@ -80,8 +80,8 @@ class Optimizers:
     peak rate in "peak_lr"; `set_lr` scales every group by the schedule's fraction.
 
     The optimizers in `one_thread` step on a single thread: Muon with bf16 Newton-Schulz on
-    a CPU, whose small bf16 matmuls one thread ran 2.5x faster than two (AVX512-BF16); in
-    float32 two threads are faster (benchmarks/optimizer_speed.py measures the step)."""
+    a CPU, whose small bf16 matmuls split across threads mostly wait; in float32 two threads
+    are faster (benchmarks/optimizer_speed.py measures the step, docs/speed.md the figures)."""
 
     def __init__(self, optimizers: list[torch.optim.Optimizer],
                  one_thread: tuple[torch.optim.Optimizer, ...] = ()) -> None:

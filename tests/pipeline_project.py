@@ -12,9 +12,9 @@ from pathlib import Path
 
 import yaml
 
-from conftest import REPO, processes_in, sha256_of
 from gptmini.core.hashing import weights_sha256
 from gptmini.training.checkpoint import load_checkpoint, model_from_checkpoint
+from helpers import REPO, processes_in, sha256_of
 
 TINY_PARAMS = {
     "model": {"n_layer": 2, "n_embd": 32, "n_head": 2, "block_size": 32, "dropout": 0.0},

@@ -1,7 +1,7 @@
 """The bad-input sweep of `gptmini generate`, in a real process: each bad prompt, sampling
 value or damaged export file is one line on stderr and exit 2, with nothing on stdout and
 no traceback (docs/guarantees.md#bad-inputs, the table of what each gets). The app and the
-pyfunc run the same checks (tests/test_app.py, tests/test_mlflow_model.py)."""
+pyfunc run the same checks (tests/test_app.py, tests/test_registry.py)."""
 
 from __future__ import annotations
 

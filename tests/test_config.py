@@ -7,7 +7,6 @@ import jsonschema
 import pytest
 import yaml
 
-from conftest import REPO
 from gptmini.core.config import (
     ConfigError,
     ModelConfig,
@@ -16,6 +15,7 @@ from gptmini.core.config import (
     main,
     parse_params,
 )
+from helpers import REPO
 
 
 def default_raw() -> dict:

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TIKTOKEN_CACHE, needs_tiktoken
 from gptmini.core.env import absolute, checkout_of, resolve_path_variables
 from gptmini.core.progress import LOG_LINES, progress_bar
+from helpers import REPO, TIKTOKEN_CACHE, needs_tiktoken
 
 
 def test_relative_path_variables_become_absolute_against_the_start_directory(tmp_path):
@@ -89,9 +89,9 @@ def test_the_training_loop_logs_a_few_lines_when_not_on_a_terminal(capsys):
     import numpy as np
     import torch
 
-    from conftest import model_config, train_config
     from gptmini.model import GPT
     from gptmini.training.trainer import Trainer
+    from helpers import model_config, train_config
 
     tokens = np.random.default_rng(0).integers(0, 11, size=3000).astype(np.uint16)
     trainer = Trainer(GPT(model_config(n_layer=1, n_embd=16, n_head=2, block_size=8), 11),

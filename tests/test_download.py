@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import sha256_of
 from gptmini.data.download import DownloadError, download
+from helpers import sha256_of
 
 BODY = b"First Citizen:\nBefore we proceed any further, hear me speak.\n" * 50
 

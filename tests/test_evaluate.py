@@ -8,7 +8,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import default_params, make_corpus, model_config
 from gptmini.evaluation.metrics import (
     _windows,
     _windows_in_batches,
@@ -19,6 +18,7 @@ from gptmini.evaluation.metrics import (
 )
 from gptmini.head import PLAIN_HEAD_MAX_VOCAB
 from gptmini.model import GPT
+from helpers import default_params, make_corpus, model_config
 
 
 def test_metric_formulas():

@@ -8,12 +8,12 @@ import sys
 
 import torch
 
-from conftest import model_config, needs_tiktoken
 from gptmini.data.tokenizers import CharTokenizer
 from gptmini.export.writer import USAGE, export
 from gptmini.model import GPT
 from gptmini.report import describe_model, metrics_markdown
 from gptmini.training.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from helpers import model_config, needs_tiktoken
 
 STANDALONE = r"""
 import json, sys, torch
@@ -266,21 +266,3 @@ def test_bpe_export_is_usable_with_torch_and_tiktoken_alone(tmp_path):
     sampled = list(token_stream(model, ids, Sampling(60, 0.9, 5, 0.95, seed=42)))
     assert result["sampled"][0].tolist() == sampled
     assert stdout.rstrip("\n") == tok.decode(sampled).rstrip("\n")
-
-
-def test_the_torch_export_programs_generate_the_eager_models_tokens(tmp_path):
-    """What the CLI and the app run (prefill.pt2 and decode.pt2 through `token_stream`):
-    the eager model's tokens for the same seed, greedy and sampled, across cache restarts."""
-    from gptmini.inference.generation import Sampling, token_stream
-    from gptmini.inference.loading import load_export
-    from tiny_export import build_tiny_export
-
-    tiny = build_tiny_export(tmp_path / "tiny", block_size=24)
-    exported = load_export(tiny.directory)
-    assert exported.programs is not None
-    ids = tiny.tokenizer.encode("ROMEO:\nThou")
-    for sampling in (Sampling(100, 0.0), Sampling(100, 0.9, 5, 0.95, seed=42),
-                     Sampling(100, 1.3, seed=7)):
-        expected = list(token_stream(tiny.model, ids, sampling))
-        assert list(token_stream(exported.programs, ids, sampling)) == expected
-        assert list(token_stream(exported.model, ids, sampling)) == expected

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import make_corpus
+from helpers import make_corpus
 from pipeline_project import PipelineProject
 
 

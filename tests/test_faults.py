@@ -19,13 +19,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import make_corpus, model_config
 from gptmini.core.atomic import write_json
 from gptmini.core.device import Distributed
 from gptmini.model import GPT
 from gptmini.team.stack import free_port
 from gptmini.training.checkpoint import save_checkpoint
 from gptmini.training.resume import ResumeStore
+from helpers import make_corpus, model_config
 
 
 @contextmanager

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 import gptmini
-from conftest import model_config, needs_tiktoken
 from gptmini.data.text import InputError, check_text, printable
 from gptmini.data.tokenizers import BpeTokenizer, CharTokenizer
 from gptmini.inference.generation import (
@@ -24,6 +23,7 @@ from gptmini.inference.generation import (
 )
 from gptmini.inference.loading import load_export
 from gptmini.model import GPT
+from helpers import model_config, needs_tiktoken
 from tiny_export import build_tiny_export
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -15,7 +15,7 @@ import mlflow
 import pytest
 import torch
 
-from conftest import make_corpus
+from helpers import make_corpus
 from pipeline_project import PipelineProject, make_project, weights_of
 
 pytestmark = pytest.mark.slow

@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from conftest import model_config
-from gptmini.head import PLAIN_HEAD_MAX_VOCAB, chunked_head, head_loss, head_scores
+from gptmini.head import PLAIN_HEAD_MAX_VOCAB, head_loss, head_scores, uses_chunked_head
 from gptmini.model import GPT, next_token_loss
+from helpers import model_config
 
 N, C, V = 150, 32, 3000  # 150 positions: chunks of 64 leave a tail of 22
 
@@ -140,8 +140,8 @@ def test_the_full_logits_are_never_made():
 
 
 def test_only_vocabularies_above_the_threshold_are_chunked():
-    assert not chunked_head(65) and not chunked_head(PLAIN_HEAD_MAX_VOCAB)
-    assert chunked_head(PLAIN_HEAD_MAX_VOCAB + 1) and chunked_head(50257)
+    assert not uses_chunked_head(65) and not uses_chunked_head(PLAIN_HEAD_MAX_VOCAB)
+    assert uses_chunked_head(PLAIN_HEAD_MAX_VOCAB + 1) and uses_chunked_head(50257)
 
 
 TINY = model_config(block_size=16, n_layer=1, n_head=2, n_embd=16, dropout=0.0)  # the head alone
@@ -153,7 +153,7 @@ def test_char_model_loss_and_gradients_are_bit_identical_to_the_plain_loss(autoc
     gradients included: the default run's numbers do not move."""
     torch.manual_seed(0)
     model = GPT(TINY, 65)
-    assert not model.chunked_head
+    assert not model.uses_chunked_head
     x, y = torch.randint(0, 65, (4, 16)), torch.randint(0, 65, (4, 16))
     results = []
     for call in (lambda: model(x, y), lambda: next_token_loss(model(x), y)):
@@ -171,7 +171,7 @@ def test_bpe_sized_model_trains_through_the_chunked_head_and_scripts_to_the_plai
     torch.manual_seed(0)
     vocab = PLAIN_HEAD_MAX_VOCAB + 500
     model = GPT(TINY, vocab)
-    assert model.chunked_head
+    assert model.uses_chunked_head
     x, y = torch.randint(0, vocab, (3, 16)), torch.randint(0, vocab, (3, 16))
     chunked = model(x, y)
     chunked.backward()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import model_config, needs_tiktoken
 from gptmini.data.tokenizers import BpeTokenizer, CharTokenizer
 from gptmini.export.hf import tokenizer_files, write_hf_folder
 from gptmini.export.layout import HF_DIR, HF_WEIGHTS_FILE
@@ -14,6 +13,7 @@ from gptmini.export.writer import export
 from gptmini.inference.generation import Sampling
 from gptmini.inference.loading import export_summary, load_export
 from gptmini.model import GPT
+from helpers import model_config, needs_tiktoken
 from tiny_export import build_tiny_export, generated
 
 transformers = pytest.importorskip("transformers")

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_corpus, model_config, train_config
 from gptmini.data.tokenizers import CharTokenizer
 from gptmini.model import GPT, next_token_loss
 from gptmini.training.trainer import Trainer, lr_at
+from helpers import make_corpus, model_config, train_config
 
 TINY = model_config(block_size=32, n_layer=2, n_head=2, n_embd=32)
 VOCAB = 40

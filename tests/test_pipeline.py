@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import needs_tiktoken
+from helpers import needs_tiktoken
 from pipeline_project import PipelineProject
 from references import mismatch, outs_hashes, unrecorded
 
@@ -30,7 +30,7 @@ def ran(output: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    from conftest import make_corpus
+    from helpers import make_corpus
 
     path = tmp_path_factory.mktemp("mirror") / "tinyshakespeare.txt"
     path.write_text(make_corpus(1500))

@@ -16,7 +16,7 @@ import time
 import mlflow
 import pytest
 
-from conftest import make_corpus
+from helpers import make_corpus
 from pipeline_project import make_project, weights_of
 
 pytestmark = pytest.mark.slow
@@ -152,7 +152,7 @@ def test_a_signal_stops_training_in_seconds_and_the_rerun_resumes_bit_identical(
 
 _TRAIN_AND_HASH = """
 import gptmini, torch
-from conftest import model_config, train_config
+from helpers import model_config, train_config
 from gptmini.core.hashing import weights_sha256
 from gptmini.model import GPT
 from gptmini.training.trainer import Trainer
@@ -169,7 +169,7 @@ print(torch.backends.cpu.get_cpu_capability(), weights_sha256(model))
 
 
 def _train_and_hash(**env: str) -> tuple[str, str]:
-    from conftest import REPO
+    from helpers import REPO
 
     clean = {k: v for k, v in os.environ.items()
              if k not in ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA")}

@@ -9,8 +9,8 @@ import time
 import mlflow
 import pytest
 
-from conftest import make_corpus
 from gptmini.core.hashing import source_sha256
+from helpers import make_corpus
 from pipeline_project import PipelineProject
 
 pytestmark = pytest.mark.slow

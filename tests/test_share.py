@@ -15,7 +15,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from conftest import make_corpus
+from helpers import make_corpus
 from pipeline_project import PipelineProject
 
 pytestmark = pytest.mark.slow

@@ -27,13 +27,13 @@ from test_faults import (
     server_project,
     wait_for_step,
 )
-from test_mlflow_model import _start, _stop
+from test_registry import _start, _stop
 from test_share import OUTPUTS, clone, generate, git
 
-from conftest import make_corpus
 from gptmini.export.registry import CHAMPION, REGISTERED_MODEL
 from gptmini.team import stack as team
 from gptmini.team.cli import client_env
+from helpers import make_corpus
 from pipeline_project import PipelineProject
 
 try:
@@ -206,7 +206,7 @@ def test_dvc_push_to_s3_and_a_teammate_pulls_and_generates_without_training(stac
     assert len(text) > len("ROMEO:") and text == generate(pipeline)
 
 
-def test_mlflow_models_serve_reads_the_champion_from_the_server(stack, pipeline):
+def test_registrys_serve_reads_the_champion_from_the_server(stack, pipeline):
     port = team.free_port()
     root = stack.base / "serve"
     root.mkdir()

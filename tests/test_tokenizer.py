@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from conftest import make_corpus, needs_tiktoken, tokenizer_config
 from gptmini.data.tokenizers import BpeTokenizer, CharTokenizer, from_definition
 from gptmini.data.tokens import iter_chunks, load_tokens, prepare, token_dtype
+from helpers import make_corpus, needs_tiktoken, tokenizer_config
 
 
 def test_char_round_trip_and_definition():

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_corpus, model_config, train_config
 from gptmini.core.config import ConfigError
 from gptmini.core.device import Distributed, pick_dtype
 from gptmini.data.tokenizers import CharTokenizer
@@ -18,6 +17,7 @@ from gptmini.model import GPT
 from gptmini.tracking.runs import mlflow_run
 from gptmini.training.resume import ResumeStore, fingerprint
 from gptmini.training.trainer import NonFiniteLoss, Trainer
+from helpers import make_corpus, model_config, train_config
 
 
 @pytest.fixture
@@ -191,8 +191,8 @@ def test_dtype_choice():
 
 
 def tiny_params(**train):
-    from conftest import default_params
     from gptmini.core.config import parse_params
+    from helpers import default_params
 
     raw = default_params()
     raw["model"].update(n_layer=1, n_embd=16, n_head=2, block_size=16)

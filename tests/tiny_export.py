@@ -8,11 +8,11 @@ from pathlib import Path
 
 import torch
 
-from conftest import make_corpus, model_config
 from gptmini.data.tokenizers import CharTokenizer
 from gptmini.export.writer import export
 from gptmini.model import GPT
 from gptmini.training.checkpoint import save_checkpoint
+from helpers import make_corpus, model_config
 
 
 @dataclass

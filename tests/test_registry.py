@@ -1,4 +1,5 @@
-"""The export as an MLflow Model, on a real SQLite tracking store and registry in a temporary
+"""The export in MLflow's registry (gptmini.export.registry) and as an MLflow Model
+(gptmini.export.pyfunc), on a real SQLite tracking store and registry in a temporary
 directory: logged from code, loaded and run in a fresh process with
 `mlflow.pyfunc.load_model`, registered with the champion rule, loaded by the CLI and the app
 through `models:/gptmini@champion`, and served by a real `mlflow models serve` process."""
@@ -239,7 +240,7 @@ def served(model_uri: str, root: Path, name: str):
 
 
 @pytest.mark.slow
-def test_mlflow_models_serve_answers_invocations(store):
+def test_registrys_serve_answers_invocations(store):
     tiny, _, _, root, _, _ = store
     with served(CHAMPION_URI, root, "serve") as invoke:
         answer = invoke({"dataframe_split": {"columns": ["prompt"], "data": [["ROMEO:"]]},
@@ -287,7 +288,7 @@ print(json.dumps({{"pipeline": type(pipe).__name__, "native": native, "pyfunc": 
 
 
 @pytest.mark.slow
-def test_mlflow_models_serve_serves_the_hugging_face_model(store):
+def test_registrys_serve_serves_the_hugging_face_model(store):
     tiny, published, _, root, _, _ = store
     with served(published.hf_model_uri, root, "serve-hf") as invoke:
         answer = invoke({"inputs": ["ROMEO:"],

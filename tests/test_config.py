@@ -70,6 +70,7 @@ BAD = [
     ("train.optimizer", "sgd", "one of adamw, muon"),
     ("train.schedule", "linear", "one of cosine, wsd"),
     ("train.data_order", "shuffled", "one of random, epochs"),
+    ("train.kernels", "fast", "one of pinned, native"),
     ("train.decay_fraction", 0.0, "> 0.0 and <= 1.0"),
     ("train.muon_momentum", 1.0, ">= 0.0 and < 1.0"),
     ("train.seed", True, "must be int"),

@@ -109,3 +109,23 @@ def test_progress_over_an_iterable_counts_it():
     log = io.StringIO()
     assert list(progress_bar(range(50), desc="evaluate", stream=log)) == list(range(50))
     assert "50/50" in log.getvalue().splitlines()[-1]
+
+
+def test_a_native_kernels_process_is_left_unpinned():
+    """`import gptmini` pins nothing in a process that native_kernels_env started; MKL picks
+    its own path there."""
+    from gptmini.core.numerics import KERNELS_ENV, PINS, native_kernels_env
+
+    env = native_kernels_env({**os.environ, **PINS})
+    assert env[KERNELS_ENV] == "native" and env["MKL_CBWR"] == "AUTO"
+    assert "ATEN_CPU_CAPABILITY" not in env and "ONEDNN_MAX_CPU_ISA" not in env
+    code = ("import os, gptmini; from gptmini.core.numerics import kernels; "
+            "print(kernels(), os.environ.get('ATEN_CPU_CAPABILITY'))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, timeout=120, check=True).stdout.split()
+    assert out == ["native", "None"]
+    pinned = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120, check=True,
+                            env={k: v for k, v in os.environ.items() if k not in PINS}
+                            ).stdout.split()
+    assert pinned == ["pinned", "avx2"]

@@ -199,3 +199,23 @@ def test_the_pinned_kernel_path_is_what_makes_float32_training_portable(unpinned
     other_capability, other = _train_and_hash(**unpinned)
     assert other_capability != "AVX2"
     assert other != pinned
+
+
+def test_native_kernels_train_on_the_cpus_own_path_and_say_so(tmp_path_factory, corpus):
+    """`train.kernels: native`: the train stage runs again without the pins (the CPU's
+    fastest path: AVX-512 where it has it), records it in MLflow's tags, and the
+    reference check refuses the run."""
+    project = make_project(tmp_path_factory, corpus, "native", kernels="native",
+                           budget_chars=8 * 8 * 32, warmup_steps=2)
+    project.run("dvc", "repro", "tokenize")
+    project.run("dvc", "repro", "train")
+    mlflow.set_tracking_uri(f"sqlite:///{project.root / 'mlflow.db'}")
+    run, = mlflow.search_runs(experiment_names=["gptmini"], output_format="list")
+    tags = run.data.tags
+    assert tags["cpu.kernels"] == "native" and run.data.params["train.kernels"] == "native"
+    assert tags["cpu.kernel_path"] == ("AVX512" if _cpu_has("avx512f") else "AVX2")
+    assert tags["cpu.mkl_cbwr"] == "AUTO"
+    from helpers import REPO
+
+    check = project.run("python", str(REPO / ".ci/check_reference.py"), check=False)
+    assert check.returncode != 0 and "train.kernels: native" in check.stderr + check.stdout

@@ -136,6 +136,10 @@ class TrainConfig(_Strict):
     compile: bool
     processes: int = Field(ge=1, le=1024)
     threads: int = Field(ge=0, le=4096)
+    kernels: Literal["pinned", "native"] = Field(description=(
+        "pinned: the CPU kernel paths pinned to AVX2, one result per vendor (the reference "
+        "bits); native: each library's fastest path for this CPU, for quick screens whose "
+        "bits depend on the CPU generation"))
 
     @model_validator(mode="after")
     def _schedule_fits(self) -> TrainConfig:

@@ -18,12 +18,29 @@ import os
 from pathlib import Path
 
 PINS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+# Set by `native_kernels_env` for a process that runs on the CPU's own fastest paths
+# (`train.kernels: native`): nothing is pinned in it.
+KERNELS_ENV = "GPTMINI_KERNELS"
 
 
 def pin_kernel_paths() -> None:
     """Pin ATen's, MKL's and oneDNN's CPU code paths (read by each at its first use)."""
+    if os.environ.get(KERNELS_ENV) == "native":
+        return
     for name, value in PINS.items():
         os.environ.setdefault(name, value)
+
+
+def kernels() -> str:
+    """'native' in a process started by `native_kernels_env`, else 'pinned'."""
+    return "native" if os.environ.get(KERNELS_ENV) == "native" else "pinned"
+
+
+def native_kernels_env(environ: dict[str, str]) -> dict[str, str]:
+    """`environ` for a process on the CPU's fastest kernel paths: no pins, MKL's code path
+    chosen by MKL (AUTO), and the marker that keeps `import gptmini` from pinning again."""
+    env = {k: v for k, v in environ.items() if k not in PINS}
+    return {**env, "MKL_CBWR": "AUTO", KERNELS_ENV: "native"}
 
 
 def _cpuinfo() -> dict[str, str]:
@@ -77,6 +94,7 @@ def kernel_tags() -> dict[str, str]:
         "cpu.vendor": cpu_vendor(),
         "cpu.model": cpu_model(),
         "cpu.isa": isa,                                          # what the CPU has
+        "cpu.kernels": kernels(),                                # train.kernels
         "cpu.kernel_path": torch.backends.cpu.get_cpu_capability(),  # what ATen runs
         "cpu.mkl_cbwr": os.environ.get("MKL_CBWR", "unset"),
         "cpu.threads": str(torch.get_num_threads()),

@@ -80,6 +80,7 @@ class TrainData:
 def train(params: Params) -> TrainResult | None:
     """Run the train stage (in this process, or as rank 0 of a torchrun job). Returns the
     result, or None in a process that only relaunched the job."""
+    _run_on_native_kernels(params.train.kernels)
     if _relaunch(params.train.processes):
         return None
     dist_info, device = init_distributed(params.train.device)
@@ -107,6 +108,15 @@ def train(params: Params) -> TrainResult | None:
               f"({_dtype_name(trainer)}): val loss {result.final_val_loss:.4f} "
               f"(best {result.best_val_loss:.4f} at step {result.best_step})")
     return result
+
+
+def _run_on_native_kernels(kernels: str) -> None:
+    """`train.kernels: native`: this stage again, in this process (os.execve), without the
+    kernel pins that `import gptmini` set (they must be in place before torch computes)."""
+    if kernels == "native" and numerics.kernels() != "native":
+        sys.stdout.flush()
+        os.execve(sys.executable, [sys.executable, *sys.argv],
+                  numerics.native_kernels_env(dict(os.environ)))
 
 
 def _relaunch(processes: int) -> bool:

@@ -32,7 +32,7 @@ from train_throughput import project_run  # the trainer timed step by step
 from gptmini.core.config import Params, TrainConfig, load_params, parse_params
 from gptmini.core.device import pick_device, pick_dtype
 
-GOAL = 1.10  # muon step time / adamw step time
+GOAL = 1.15  # muon step time / adamw step time: fails when Muon's step regresses
 
 
 def variant(params: Params, overrides: dict[str, str]) -> Params:

@@ -83,7 +83,7 @@ class ModelConfig(_Strict):
         "dropout on the embeddings and on each residual branch's output"))
     attn_dropout: Float = Field(ge=0.0, lt=1.0, description=(
         "dropout on the attention probabilities (on a CPU it takes scaled_dot_product_"
-        "attention off its fused kernel: about 1.8x the step time)"))
+        "attention off its fused kernel: a much slower step)"))
     bias: bool
 
     @model_validator(mode="after")
@@ -176,9 +176,8 @@ class Params(_Strict):
         processes x block_size x chars per token), with the train split's characters and
         tokens (the tokenize stage's counts), rounded to the nearest step (halves to even).
         A step reads batch_size x processes windows of block_size tokens, so changing only
-        the tokenizer reads the same amount of text. For the char tokenizer (1 character a
-        token) the default budget, 16,384,000, is 2,000 steps of 32 x 256.
-        warmup_steps must be fewer than the steps."""
+        the tokenizer reads the same amount of text (docs/pipeline.md gives the default's
+        steps). warmup_steps must be fewer than the steps."""
         cfg, block = self.train, self.model.block_size
         if train_chars < 1 or train_tokens < 1:
             raise ConfigError(f"the train split has {train_chars} characters in "

@@ -25,7 +25,7 @@ KERNELS_ENV = "GPTMINI_KERNELS"
 
 def pin_kernel_paths() -> None:
     """Pin ATen's, MKL's and oneDNN's CPU code paths (read by each at its first use)."""
-    if os.environ.get(KERNELS_ENV) == "native":
+    if kernels() == "native":
         return
     for name, value in PINS.items():
         os.environ.setdefault(name, value)

@@ -120,6 +120,85 @@ def test_muon_momentum_warms_up_from_0_85_to_its_value(tokens):
     assert seen[20:] == [pytest.approx(0.95)] * 10
 
 
+def test_muon_and_adamw_take_their_own_weight_decay(tokens):
+    trainer = tiny_trainer(tokens, optimizer="muon", weight_decay=0.1, muon_weight_decay=0.3)
+    adamw, muon = trainer.optimizer.optimizers
+    assert [g["weight_decay"] for g in muon.param_groups] == [0.3]
+    assert [g["weight_decay"] for g in adamw.param_groups] == [0.1, 0.0]
+
+
+def test_z_loss_adds_the_mean_squared_log_partition_to_the_training_loss(tokens):
+    plain, with_z = tiny_trainer(tokens), tiny_trainer(tokens, z_loss=1e-2)
+    x, y = plain.samplers["train"].sample(torch.device("cpu"))
+    plain.model.eval(), with_z.model.eval()  # no dropout: the same forward in both
+    with torch.no_grad():
+        logits = plain.model(x)
+        z = torch.logsumexp(logits.float(), dim=-1).pow(2).mean()
+        assert z > 1  # else the test could not tell the terms apart
+        assert with_z.step_model(x, y) == pytest.approx(float(plain.step_model(x, y) + 1e-2 * z),
+                                                        rel=1e-6)
+    with_z.model.train()
+    with_z.run(progress=False)  # and it trains: the logits' scale is what z-loss acts on
+    assert with_z.evals[-1]["val_loss"] < with_z.evals[0]["val_loss"]
+
+
+def test_the_next_next_head_adds_its_loss_trains_resumes_and_is_never_saved(tokens):
+    plain, with_head = tiny_trainer(tokens), tiny_trainer(tokens, next_next_loss=0.5)
+    ahead = with_head.objective.ahead
+    x, y = plain.samplers["train"].sample(torch.device("cpu"))
+    with_head.model.load_state_dict(plain.model.state_dict())
+    plain.model.eval(), with_head.model.eval()
+    with torch.no_grad():
+        after_next = with_head.model.lm_head(ahead(with_head.model.hidden(x)[:, :-1]))
+        extra = torch.nn.functional.cross_entropy(after_next.flatten(0, 1), y[:, 1:].flatten())
+        assert with_head.step_model(x, y) == pytest.approx(
+            float(plain.model(x, y) + 0.5 * extra), rel=1e-6)
+    adamw = with_head.optimizer.optimizers[0]
+    in_adamw = {id(p) for g in adamw.param_groups for p in g["params"]}
+    assert {id(p) for p in ahead.parameters()} <= in_adamw
+    with_head.model.train()
+    before = [p.detach().clone() for p in ahead.parameters()]
+    with_head.run(progress=False)
+    assert all(not torch.equal(a, p) for a, p in zip(before, ahead.parameters(), strict=True))
+    assert set(with_head.model.state_dict()) == set(plain.model.state_dict())
+    straight = tiny_trainer(tokens, next_next_loss=0.5)
+    straight.run(progress=False)
+    resumed = stopped_and_resumed(tokens, next_next_loss=0.5)
+    assert [r["loss"] for r in resumed.history] == [r["loss"] for r in straight.history]
+    for name, a in straight.objective.state_dict().items():
+        assert torch.equal(a, resumed.objective.state_dict()[name]), name
+
+
+def test_sequence_length_warmup_trains_prefixes_rising_to_the_context(tokens):
+    from gptmini.training.trainer import seq_len_at
+
+    cfg = train_config(seq_warmup_steps=100)
+    lengths = [seq_len_at(step, cfg, 256) for step in range(0, 120, 10)]
+    assert lengths[0] == 32 and lengths[5] == 144 and lengths[10:] == [256, 256]
+    assert lengths == sorted(lengths) and all(n % 8 == 0 for n in lengths)
+    trainer = tiny_trainer(tokens, seq_warmup_steps=16)  # block_size 16
+    trained = []
+    real_forward = trainer.model.forward
+
+    def forward(x, y=None):
+        if trainer.model.training:  # not the loss estimates, which see whole windows
+            trained.append(x.size(1))
+        return real_forward(x, y)
+
+    trainer.model.forward = forward
+    trainer.run(progress=False)
+    assert trained == [2] * 10 + [10] * 6 + [16] * 14
+
+
+def test_z_loss_is_refused_for_the_chunked_head(tokens):
+    vocab, train_ids, val_ids = tokens
+    model = GPT(model_config(block_size=16, n_layer=1, n_head=2, n_embd=16), 50257)
+    with pytest.raises(ValueError, match="train.z_loss = 0.0001 and train.next_next_loss = "
+                                         "0.0 need the plain head"):
+        Trainer(model, train_ids, val_ids, train_config(z_loss=1e-4, warmup_steps=2),
+                torch.device("cpu"), steps=10)
+
+
 @pytest.mark.parametrize("keep_best", [False, True])
 def test_ema_is_what_is_evaluated_kept_and_saved_and_it_resumes(tokens, keep_best):
     raw = tiny_trainer(tokens, keep_best=keep_best)
@@ -206,7 +285,7 @@ def run_train_stage(root, corpus_text: str, params):
     """The train stage's library function in a project folder of its own, after tokenize."""
     from gptmini.core import paths
     from gptmini.data.tokens import prepare
-    from gptmini.training.run import train
+    from gptmini.training.stage import train
 
     root.mkdir(parents=True, exist_ok=True)
     (root / "dvc.yaml").write_text("stages: {}\n")  # marks the project root for MLflow

@@ -121,7 +121,24 @@ class TrainConfig(_Strict):
     decay_shape: Literal["linear", "sqrt"] = Field(description=(
         "wsd only: the decay's shape, linear or 1-sqrt (1 - sqrt of its progress)"))
     warmup_steps: int = Field(ge=0)
-    weight_decay: Float = Field(ge=0.0, le=10.0)
+    seq_warmup_steps: int = Field(ge=0, description=(
+        "0: off; else the first this many steps train on the first L tokens of each "
+        "window, L rising linearly from block_size / 8 to block_size (sequence-length "
+        "warmup: cheaper early steps, which read fewer characters)"))
+    next_next_loss: Float = Field(ge=0.0, le=10.0, description=(
+        "0: off; else a training-only head predicts the token after next from the final "
+        "hidden state (a linear map and a LayerNorm into the tied head), its cross-entropy "
+        "times this joining the loss; it is never saved, evaluated or exported"))
+    weight_decay: Float = Field(ge=0.0, le=10.0, description=(
+        "AdamW's decoupled weight decay, on its 2-D weights (all of them with adamw; the "
+        "embeddings with muon)"))
+    muon_weight_decay: Float = Field(ge=0.0, le=10.0, description=(
+        "Muon's decoupled weight decay on the blocks' 2-D weights (optimizer muon only): "
+        "each step multiplies them by 1 - lr x muon_weight_decay"))
+    z_loss: Float = Field(ge=0.0, le=1.0, description=(
+        "0: off; else this times the mean squared log-partition (logsumexp of the logits) "
+        "is added to the training loss, pulling the logits' scale toward 0 (PaLM's z-loss); "
+        "the plain head only (vocabularies up to gptmini.head.PLAIN_HEAD_MAX_VOCAB)"))
     beta1: Float = Field(ge=0.0, lt=1.0)
     beta2: Float = Field(ge=0.0, lt=1.0)
     grad_clip: Float = Field(ge=0.0)

@@ -74,6 +74,60 @@ def make_ema(model: GPT, decay: float) -> torch.optim.swa_utils.AveragedModel:
     return ema
 
 
+class TrainingObjective(torch.nn.Module):
+    """The training loss when it is more than the model's own: the mean cross-entropy plus
+    PaLM's z-loss (`z_loss` times the mean squared logsumexp of the logits, which holds the
+    softmax's normaliser near 1) and/or a training-only head for the token after next
+    (`next_next` times its cross-entropy). A module, so that DistributedDataParallel and
+    torch.compile wrap it as they wrap the model; the head (`ahead`) is never part of the
+    model, so it is never saved, evaluated or exported."""
+
+    def __init__(self, model: GPT, z_loss: float, next_next: float) -> None:
+        super().__init__()
+        self.model, self.z_loss, self.next_next = model, z_loss, next_next
+        width = model.lm_head.weight.size(1)
+        self.ahead = (torch.nn.Sequential(torch.nn.Linear(width, width),
+                                          torch.nn.LayerNorm(width))
+                      if next_next > 0 else None)
+        if self.ahead is not None:
+            torch.nn.init.normal_(self.ahead[0].weight, std=0.02)
+            torch.nn.init.zeros_(self.ahead[0].bias)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        hidden = self.model.hidden(idx)
+        logits = self.model.lm_head(hidden).float().flatten(0, 1)
+        loss = torch.nn.functional.cross_entropy(logits, targets.flatten())
+        if self.z_loss > 0:
+            loss = loss + self.z_loss * torch.logsumexp(logits, dim=-1).pow(2).mean()
+        if self.ahead is not None:
+            after_next = self.model.lm_head(self.ahead(hidden[:, :-1])).float()
+            loss = loss + self.next_next * torch.nn.functional.cross_entropy(
+                after_next.flatten(0, 1), targets[:, 1:].flatten())
+        return loss
+
+
+def make_objective(model: GPT, cfg: TrainConfig) -> TrainingObjective | None:
+    """train.z_loss and train.next_next_loss's objective; None when both are off (the
+    model's own loss)."""
+    if cfg.z_loss == 0 and cfg.next_next_loss == 0:
+        return None
+    if model.uses_chunked_head:
+        raise ValueError(f"train.z_loss = {cfg.z_loss} and train.next_next_loss = "
+                         f"{cfg.next_next_loss} need the plain head: this vocabulary goes "
+                         f"through the chunked one")
+    return TrainingObjective(model, cfg.z_loss, cfg.next_next_loss)
+
+
+def seq_len_at(step: int, cfg: TrainConfig, block_size: int) -> int:
+    """The tokens of each window that `step` trains on: all of them, or during the first
+    seq_warmup_steps a prefix rising linearly from block_size / 8, in multiples of 8."""
+    if step >= cfg.seq_warmup_steps:
+        return block_size
+    shortest = max(1, block_size // 8)
+    grown = (block_size - shortest) * step // cfg.seq_warmup_steps
+    return min(block_size, shortest + grown // 8 * 8)
+
+
 class Optimizers:
     """The torch optimizers of one model, stepped together: AdamW alone, or torch.optim.Muon
     for the blocks' 2-D weights beside AdamW for the rest. Each parameter group keeps its
@@ -132,19 +186,23 @@ class Optimizers:
 
 
 def make_optimizer(model: GPT, cfg: TrainConfig, device: torch.device,
-                   dtype: torch.dtype = torch.float32) -> Optimizers:
+                   dtype: torch.dtype = torch.float32,
+                   extra: torch.nn.Module | None = None) -> Optimizers:
     """train.optimizer = adamw: AdamW with weight decay on the 2-D weights (matmuls,
     embeddings) only. muon: torch's Muon (Nesterov momentum, Newton-Schulz orthogonalised
     updates, decoupled weight decay; the iterations in the device's native dtype,
     `gptmini.training.muon`) for the 2-D weights inside the blocks,
-    and AdamW at learning_rate for the embeddings (the tied head), gains and biases."""
+    and AdamW at learning_rate for the embeddings (the tied head), gains and biases.
+    `extra` (a training-only head) goes with AdamW."""
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    extra: list[torch.optim.Optimizer] = []
+    if extra is not None:
+        params += [(f"extra.{n}", p) for n, p in extra.named_parameters()]
+    muon: list[torch.optim.Optimizer] = []
     ns_dtype = ns_dtype_for(device, dtype)
     if cfg.optimizer == "muon":
         hidden = {n for n, p in params if p.dim() == 2 and n.startswith("blocks.")}
-        extra.append(Muon([p for n, p in params if n in hidden], lr=cfg.muon_lr,
-                          momentum=cfg.muon_momentum, weight_decay=cfg.weight_decay,
+        muon.append(Muon([p for n, p in params if n in hidden], lr=cfg.muon_lr,
+                          momentum=cfg.muon_momentum, weight_decay=cfg.muon_weight_decay,
                           ns_dtype=ns_dtype))
         params = [(n, p) for n, p in params if n not in hidden]
     groups = [
@@ -154,7 +212,7 @@ def make_optimizer(model: GPT, cfg: TrainConfig, device: torch.device,
     adamw = torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2),
                               fused=device.type == "cuda")
     one_thread = device.type == "cpu" and ns_dtype == torch.bfloat16
-    return Optimizers([adamw, *extra], one_thread=tuple(extra) if one_thread else ())
+    return Optimizers([adamw, *muon], one_thread=tuple(muon) if one_thread else ())
 
 
 @dataclass
@@ -208,19 +266,23 @@ class Trainer:
         if device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        self.step_model: torch.nn.Module = self.model
+        self.objective = make_objective(self.model, cfg)
+        if self.objective is not None:
+            self.objective.to(device).train()
+        self.step_model: torch.nn.Module = self.objective or self.model
         if self.dist.world_size > 1:
             from torch.nn.parallel import DistributedDataParallel
 
             self.step_model = DistributedDataParallel(
-                self.model, device_ids=[device.index] if device.type == "cuda" else None)
+                self.step_model, device_ids=[device.index] if device.type == "cuda" else None)
         if cfg.compile:
             self.step_model = torch.compile(self.step_model)
         block, bs, seed = model.block_size, cfg.batch_size, cfg.seed + 1000 * self.dist.rank
         self.samplers = {"train": SAMPLERS[cfg.data_order](train_tokens, block, bs, seed),
                          "eval_train": BatchSampler(train_tokens, block, bs, seed + 1),
                          "eval_val": BatchSampler(val_tokens, block, bs, seed + 2)}
-        self.optimizer = make_optimizer(model, cfg, device, dtype)
+        head = self.objective.ahead if self.objective is not None else None
+        self.optimizer = make_optimizer(model, cfg, device, dtype, extra=head)
         self.ema = make_ema(self.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
         self.step = 0
         self.history: list[dict[str, float]] = []
@@ -228,6 +290,11 @@ class Trainer:
         self.best_val, self.best_step = math.inf, -1
         self.best_weights: dict[str, torch.Tensor] | None = None
         self.elapsed = 0.0
+
+    @property
+    def _ahead(self) -> torch.nn.Module | None:
+        """The training-only head of train.next_next_loss (resumed, never saved)."""
+        return self.objective.ahead if self.objective is not None else None
 
     @property
     def evaluated_model(self) -> GPT:
@@ -255,6 +322,8 @@ class Trainer:
         """Everything a resume needs, in plain tensors and containers (weights_only-safe)."""
         np_state = np.random.get_state()
         ema = {"ema": self.ema.state_dict()} if self.ema is not None else {}
+        if self._ahead is not None:
+            ema["ahead"] = self._ahead.state_dict()
         return {**ema,
             "step": self.step,
             "model": self.model.state_dict(),
@@ -275,6 +344,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
+        if self._ahead is not None:
+            self._ahead.load_state_dict(state["ahead"])
         for k, s in state["samplers"].items():
             self.samplers[k].state = s
         rng = state["rng"]
@@ -315,7 +386,7 @@ class Trainer:
         with progress_bar(total=self.steps, initial=self.step, desc="train",
                           disable=not (progress and self.dist.is_main)) as bar, \
                 self._stop_on_signals():
-            self._loop(batch, start, tokens_per_step, bar, on_step, on_eval, on_checkpoint)
+            self._loop(batch, start, bar, on_step, on_eval, on_checkpoint)
         self._evaluate(on_eval)
         if cfg.keep_best and self.best_weights is not None and self.best_step != self.step:
             self.model.load_state_dict(self.best_weights)
@@ -330,7 +401,7 @@ class Trainer:
             history=self.history, evals=self.evals)
 
     def _loop(self, batch: tuple[torch.Tensor, torch.Tensor], start: float,
-              tokens_per_step: int, bar: Any, on_step: StepLogger | None,
+              bar: Any, on_step: StepLogger | None,
               on_eval: StepLogger | None,
               on_checkpoint: Callable[[Trainer], None] | None) -> None:
         """The steps of `run`: each checks its loss and gradients before the optimizer
@@ -345,6 +416,9 @@ class Trainer:
                 self.optimizer.set_muon_momentum(muon_momentum_at(self.step, cfg))
             t0 = time.perf_counter()
             x, y = batch
+            if cfg.seq_warmup_steps:
+                length = seq_len_at(self.step, cfg, x.size(1))
+                x, y = x[:, :length], y[:, :length]
             with autocast(self.device, self.dtype):
                 # the loss comes out of the (DDP-wrapped) module's forward: see GPT.forward
                 loss = self.step_model(x, y)
@@ -361,7 +435,8 @@ class Trainer:
             row = {"step": self.step, "loss": loss_value, "lr": lr}
             self.history.append(row)
             if on_step:
-                on_step({**row, "tokens_per_second": tokens_per_step / (time.perf_counter() - t0)})
+                trained = x.numel() * self.dist.world_size
+                on_step({**row, "tokens_per_second": trained / (time.perf_counter() - t0)})
             bar.update()
             bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", refresh=False)
             self.step += 1
@@ -381,7 +456,8 @@ class Trainer:
     def _finite_loss_and_gradients(self, loss: torch.Tensor) -> float:
         """The loss (one device sync for it and the gradient norm), after clipping the
         gradients; raises before a non-finite value reaches the optimizer step."""
-        params = [p for p in self.model.parameters() if p.grad is not None]
+        trained = self.objective or self.model  # the model, and a training-only head
+        params = [p for p in trained.parameters() if p.grad is not None]
         if self.cfg.grad_clip > 0:
             norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
         else:

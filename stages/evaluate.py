@@ -1,7 +1,7 @@
 """Stage evaluate: exact metrics over the whole validation split, logged to the run."""
 
 from gptmini.core.stage import run
-from gptmini.evaluation.run import evaluate
+from gptmini.evaluation.stage import evaluate
 
 if __name__ == "__main__":
     run(evaluate)

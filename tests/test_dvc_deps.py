@@ -98,7 +98,7 @@ def test_every_source_file_a_stage_runs_is_a_dependency(stage):
 
 
 def test_the_closure_follows_imports_inside_functions(tmp_path):
-    # The train stage reaches the tracking module only through gptmini.training.run, and
+    # The train stage reaches the tracking module only through gptmini.training.stage, and
     # mlflow through a function-level import: the walk must see both kinds.
     closure = source_closure(REPO / "stages/train.py")
     assert Path("src/gptmini/tracking/runs.py") in closure

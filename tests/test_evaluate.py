@@ -195,7 +195,7 @@ def test_the_evaluate_stage_writes_and_logs_every_protocol(tmp_path, monkeypatch
     from gptmini.core import paths
     from gptmini.core.config import parse_params
     from gptmini.data.tokens import load_tokens, prepare
-    from gptmini.evaluation.run import evaluate
+    from gptmini.evaluation.stage import evaluate
     from gptmini.report import PROTOCOLS, protocol_metrics
     from gptmini.training.checkpoint import save_checkpoint
 

@@ -155,11 +155,11 @@ def test_a_nan_on_the_step_before_a_save_never_reaches_the_saved_state(tmp_path,
     from test_train import run_train_stage, tiny_params
 
     from gptmini.core.stage import StageError
-    from gptmini.training import run as train_run
+    from gptmini.training import stage as train_stage
     from gptmini.training.resume import ResumeStore
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'm.db'}")
-    real_trainer = train_run.Trainer
+    real_trainer = train_stage.Trainer
 
     class PoisonedTrainer(real_trainer):
         def __init__(self, *args, **kwargs):
@@ -174,7 +174,7 @@ def test_a_nan_on_the_step_before_a_save_never_reaches_the_saved_state(tmp_path,
                             weight[0] = math.inf
                 self.optimizer.optimizers[-1].register_step_post_hook(overflow)  # the last
 
-    monkeypatch.setattr(train_run, "Trainer", PoisonedTrainer)
+    monkeypatch.setattr(train_stage, "Trainer", PoisonedTrainer)
     root = tmp_path / "project"
     with pytest.raises(StageError) as err:
         run_train_stage(root, make_corpus(300), tiny_params())
@@ -431,9 +431,9 @@ def test_sigterm_to_the_train_stage_saves_the_step_under_way_and_resumes_bit_ide
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     manifest = tmp_path / "sig/data/train_state/manifest.json"
     sent = []
-    from gptmini.training import run as train_run
+    from gptmini.training import stage as train_stage
 
-    real_trainer = train_run.Trainer
+    real_trainer = train_stage.Trainer
 
     class SignalledTrainer(real_trainer):
         """SIGTERM to this process right after step 7's optimizer step (after the first
@@ -450,10 +450,10 @@ def test_sigterm_to_the_train_stage_saves_the_step_under_way_and_resumes_bit_ide
 
             self.optimizer.optimizers[-1].register_step_post_hook(terminate)
 
-    monkeypatch.setattr(train_run, "Trainer", SignalledTrainer)
+    monkeypatch.setattr(train_stage, "Trainer", SignalledTrainer)
     with pytest.raises(Interrupted) as err:
         run_train_stage(tmp_path / "sig", text, params)
-    monkeypatch.setattr(train_run, "Trainer", real_trainer)
+    monkeypatch.setattr(train_stage, "Trainer", real_trainer)
     stopped_in = time.monotonic() - sent[0]
     step = json.loads(manifest.read_text())["step"]
     assert step == 8  # the step under way when the signal came (7) ran to its end

@@ -56,6 +56,9 @@ def test_runs_lists_the_mlflow_runs_sorted(tmp_path, capsys):
     table = pd.read_csv(io.StringIO(out))
     assert list(table["run"]) == ["gpt2", "char", "broken"]
     assert list(table["wall_s"])[:2] == [1500.0, 700.0]
+    code, out, _ = run(capsys, "runs", "--tracking-uri", uri, "--experiment", "gptmini-test",
+                       "--match", "*r*", "--csv")
+    assert list(pd.read_csv(io.StringIO(out))["run"]) == ["char", "broken"]  # not gpt2
     code, _, err = run(capsys, "runs", "--tracking-uri", uri, "--experiment", "nope")
     assert code == 2 and "no experiment 'nope'" in err and "gptmini-test" in err
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
@@ -229,6 +230,8 @@ def run(args: argparse.Namespace) -> int:
     # the recipe the runs are compared with: --plot's stars, the `changes` column
     recipe = load_params(args.params) if args.plot or Path(args.params).is_file() else None
     table = runs_table(uri, experiment, args.sort, args.descending, recipe)
+    if args.match:
+        table = table[[fnmatch(str(name), args.match) for name in table["run"]]]
     if args.limit:
         table = table.head(args.limit)
     if args.plot:
@@ -255,6 +258,9 @@ def add_parser(sub: Any) -> None:
     runs.add_argument("--limit", type=positive_int, default=None, metavar="N",
                       help="show the first N rows")
     runs.add_argument("--csv", action="store_true", help="print CSV instead of a table")
+    runs.add_argument("--match", default=None, metavar="GLOB",
+                      help="only the runs whose name matches, e.g. 'g-*' for a grid queued "
+                           "with -n g-...")
     runs.add_argument("--plot", default=None, metavar="PNG",
                       help="also draw validation nats/char against training wall time, one "
                            "point a run, the runs of the current params.yaml as stars")

@@ -31,6 +31,7 @@ import sys
 import time
 from pathlib import Path
 
+import _results
 import torch
 
 from gptmini.core.config import ModelConfig, TrainConfig, load_params
@@ -147,6 +148,7 @@ def main() -> None:
                         default=[], help="also time the chunked head at these chunk sizes")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak memory")
     parser.add_argument("--memory-of", default=None, help=argparse.SUPPRESS)
+    _results.add_json_option(parser)
     args = parser.parse_args()
     if args.quick:
         args.steps, args.warmup = 2, 1
@@ -205,6 +207,13 @@ def main() -> None:
         plain, chunked = memory["bpe-plain"][1], memory["bpe-chunked"][1]
         print(f"BPE step memory above set-up, plain -> chunked: {plain:,.0f} MB -> "
               f"{chunked:,.0f} MB ({plain / max(chunked, 1e-9):.1f}x less)")
+    _results.write(args.json, "head_speed", args,
+                   {**{f"{name}_ms": value for name, value in ms.items()},
+                    **{f"{name}_above_setup_mb": above
+                       for name, (_, above) in memory.items()},
+                    "bpe_mflop_per_token": step_flops(cfg, BPE_VOCAB) / 1e6,
+                    "char_mflop_per_token": step_flops(cfg, CHAR_VOCAB) / 1e6},
+                   f"bpe-chunked / char <= {GOAL:g} x their FLOP ratio", ratio <= limit)
     sys.stdout.flush()
     if ratio > limit:
         sys.exit(1)

@@ -24,6 +24,7 @@ import statistics
 import sys
 from pathlib import Path
 
+import _results
 import numpy as np
 import torch
 import yaml
@@ -69,6 +70,7 @@ def main() -> int:
                         help="4 timed steps, 2 rounds at the same batch: seconds, and still "
                              "checks the goal (Muon's cost is per step, so a smaller batch "
                              "would overstate it)")
+    _results.add_json_option(parser)
     args = parser.parse_args()
     if args.quick:
         args.steps, args.warmup, args.rounds = 4, 1, 2
@@ -109,6 +111,9 @@ def main() -> int:
         print(f"{name:<12}{seconds * 1000:>10.1f} ms/step")
     verdict = "met" if ratio <= GOAL else "MISSED"
     print(f"ratio ({numerator} / {denominator}): {ratio:.3f}x; goal <= {GOAL:.2f}x: {verdict}")
+    _results.write(args.json, "optimizer_speed", args,
+                   {f"{name}_ms": seconds * 1000 for name, seconds in median.items()},
+                   f"{numerator} / {denominator} <= {GOAL:g}", ratio <= GOAL)
     return 0 if ratio <= GOAL else 1
 
 

@@ -26,6 +26,7 @@ import sys
 import time
 from pathlib import Path
 
+import _results
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -126,6 +127,7 @@ def main() -> None:
     parser.add_argument("--loss-check", type=int, default=0, metavar="STEPS",
                         help="also train STEPS steps in float32 and bfloat16 from the same "
                              "start on the same batches and compare the loss estimates")
+    _results.add_json_option(parser)
     args = parser.parse_args()
     if args.quick:
         args.steps, args.warmup, args.rounds = 3, 1, 1
@@ -202,6 +204,15 @@ def main() -> None:
         print(f"ratio (project / reference): {ratio:.2f}x (goal >= {GOAL:g}x: "
               f"{'met' if met else 'MISSED'})")
 
+    step_tokens = batch * cfg.block_size
+    measured = {"reference_ms": step_tokens / ref_tps * 1000,
+                **{f"project_{str(d).removeprefix('torch.')}_ms": step_tokens / tps * 1000
+                   for d, tps in tps_of.items()},
+                "mflop_per_token": fpt / 1e6, "peak_tflops": proj_peak / 1e12,
+                "tokens_per_step": step_tokens}
+    goal = (f"project step >= {CPU_MFU_GOAL:.0%} of the assumed peak" if device.type == "cpu"
+            else f"project / reference >= {GOAL:g}")
+    _results.write(args.json, "train_throughput", args, measured, goal, met)
     if args.loss_check:
         check_cfg = TrainConfig(**{**tcfg.model_dump(), "batch_size": batch,
                                    "eval_interval": max(1, args.loss_check // 4),

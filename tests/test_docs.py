@@ -303,6 +303,81 @@ def test_the_readme_results_equal_the_metric_files_they_cite():
                     f"{cited} say {values[key]}")
 
 
+# A benchmark's results file (`--json`): the two step times a doc quotes, and the figure it
+# derives from them, recomputed here rather than read from the doc.
+BENCHMARK_FIGURES = {
+    "kernels_speed": ("pinned_ms", "native_ms", lambda m: m["pinned_ms"] / m["native_ms"]),
+    "optimizer_speed": ("muon_ms", "adamw_ms", lambda m: m["muon_ms"] / m["adamw_ms"]),
+    "head_speed": ("bpe-chunked_ms", "char_ms", lambda m: m["bpe-chunked_ms"] / m["char_ms"]),
+    "train_throughput": ("project_float32_ms", "reference_ms",
+                         lambda m: m["tokens_per_step"] * m["mflop_per_token"] * 1e6
+                         / (m["project_float32_ms"] / 1000) / (m["peak_tflops"] * 1e12)),
+}
+RESULTS_LINK = re.compile(r"\]\((results/[^)\s]+\.json)\)")
+
+
+def quoted_results() -> list[tuple[Path, dict[str, str]]]:
+    """Every table row of docs/ that cites a benchmark's results file in its `results`
+    column."""
+    rows = []
+    for path in sorted((REPO / "docs").glob("*.md")):
+        tables = re.findall(r"^\|.*(?:\n\|.*)*", path.read_text(encoding="utf-8"), re.M)
+        for table in tables:
+            if "| results |" in table.splitlines()[0]:
+                rows += [(path, row) for row in table_rows(table)]
+    return rows
+
+
+def test_every_benchmark_figure_in_the_docs_equals_its_results_file():
+    rows = quoted_results()
+    assert len(rows) >= len(BENCHMARK_FIGURES), "the speed guide quotes no results file"
+    for path, row in rows:
+        (cited,) = RESULTS_LINK.findall(row["results"])
+        record = json.loads((path.parent / cited).read_text())
+        first, second, derive = BENCHMARK_FIGURES[record["benchmark"]]
+        numbers = re.findall(r"[\d,]+\.\d+", row["measured"])
+        where = f"{rel(path)}, {cited}"
+        assert len(numbers) == 2, f"{where}: 'measured' is not two step times: {row['measured']}"
+        for cell, key in zip(numbers, (first, second), strict=True):
+            assert number_matches(cell, record["measured"][key]), \
+                f"{where}: {key} is {record['measured'][key]}, the doc says {cell}"
+        figure = row["figure"].split()[0].removesuffix("x")
+        assert number_matches(figure, derive(record["measured"])), \
+            f"{where}: the figure is {derive(record['measured'])}, the doc says {figure}"
+        assert ("met" if record["met"] else "missed") in row["goal"], \
+            f"{where}: the run {'met' if record['met'] else 'missed'} its goal"
+        cpu = record["cpu"]["model"]
+        assert re.search(r"family (\d+), model (\d+)", cpu).groups() == re.search(
+            r"family (\d+), model (\d+)", row["CPU"]).groups(), f"{where}: ran on {cpu}"
+
+
+GRID_ENTRY = "2026-12-08: the grid's last levers; the native kernels' gain"
+GRID_RUNS = "docs/results/grid-2026-12-08.csv"  # `gptmini runs --match 'g-*' --csv`
+
+
+def test_the_grid_in_the_log_equals_its_runs_file():
+    import csv
+    import math
+
+    with open(REPO / GRID_RUNS, newline="") as f:
+        runs = {row["run"]: row for row in csv.DictReader(f)}
+    text = section(REPO / "docs/log.md", GRID_ENTRY)
+    assert f"({GRID_RUNS.removeprefix('docs/')})" in text, f"the entry does not cite {GRID_RUNS}"
+    (table,) = [t for t in re.findall(r"^\|.*(?:\n\|.*)*", text, re.M)
+                if t.startswith("| experiment |")]
+    rows = table_rows(table)
+    assert {row["experiment"].strip("`*") for row in rows} == set(runs), \
+        "the table's experiments are not the file's runs"
+    for row in rows:
+        run = runs[row["experiment"].strip("`*")]
+        bpc, wall = float(run["val_bpc"]), float(run["wall_s"])
+        assert number_matches(row["nats/char"], bpc * math.log(2)), row
+        assert number_matches(row["BPC"], bpc), row
+        assert number_matches(row["training wall s"].split()[0], wall), row
+        for change in run["changes"].split():
+            assert f"`{change}`" in row["changes"] or change == "train.kernels=native", row
+
+
 # -- links, paths and cited tests -------------------------------------------------------------
 
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")

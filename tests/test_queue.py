@@ -19,7 +19,7 @@ RATES = ("1e-3", "2e-3", "3e-3", "4e-3")
 
 def _mark_the_train_code(project: PipelineProject, mark: str) -> None:
     """Make the train stage's module print `mark` when it is imported."""
-    path = project.root / "src" / "gptmini" / "training" / "run.py"
+    path = project.root / "src" / "gptmini" / "training" / "stage.py"
     text = path.read_text().split("\nprint('code:", 1)[0]
     path.write_text(f"{text}\nprint('code: {mark}', flush=True)\n")
 

@@ -27,7 +27,7 @@ from gptmini.core.config import TrainConfig
 from gptmini.core.device import Distributed, autocast, seed_everything
 from gptmini.core.progress import progress_bar
 from gptmini.core.stage import Interrupted
-from gptmini.model import GPT
+from gptmini.model import GPT, next_token_loss
 from gptmini.training.batches import SAMPLERS, BatchSampler
 from gptmini.training.muon import Muon, ns_dtype_for
 
@@ -95,14 +95,13 @@ class TrainingObjective(torch.nn.Module):
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         hidden = self.model.hidden(idx)
-        logits = self.model.lm_head(hidden).float().flatten(0, 1)
-        loss = torch.nn.functional.cross_entropy(logits, targets.flatten())
+        logits = self.model.lm_head(hidden)
+        loss = next_token_loss(logits, targets)
         if self.z_loss > 0:
-            loss = loss + self.z_loss * torch.logsumexp(logits, dim=-1).pow(2).mean()
+            loss = loss + self.z_loss * torch.logsumexp(logits.float(), dim=-1).pow(2).mean()
         if self.ahead is not None:
-            after_next = self.model.lm_head(self.ahead(hidden[:, :-1])).float()
-            loss = loss + self.next_next * torch.nn.functional.cross_entropy(
-                after_next.flatten(0, 1), targets[:, 1:].flatten())
+            after_next = self.model.lm_head(self.ahead(hidden[:, :-1]))
+            loss = loss + self.next_next * next_token_loss(after_next, targets[:, 1:])
         return loss
 
 
@@ -281,8 +280,7 @@ class Trainer:
         self.samplers = {"train": SAMPLERS[cfg.data_order](train_tokens, block, bs, seed),
                          "eval_train": BatchSampler(train_tokens, block, bs, seed + 1),
                          "eval_val": BatchSampler(val_tokens, block, bs, seed + 2)}
-        head = self.objective.ahead if self.objective is not None else None
-        self.optimizer = make_optimizer(model, cfg, device, dtype, extra=head)
+        self.optimizer = make_optimizer(model, cfg, device, dtype, extra=self._ahead)
         self.ema = make_ema(self.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
         self.step = 0
         self.history: list[dict[str, float]] = []
@@ -321,10 +319,10 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         """Everything a resume needs, in plain tensors and containers (weights_only-safe)."""
         np_state = np.random.get_state()
-        ema = {"ema": self.ema.state_dict()} if self.ema is not None else {}
+        optional = {"ema": self.ema.state_dict()} if self.ema is not None else {}
         if self._ahead is not None:
-            ema["ahead"] = self._ahead.state_dict()
-        return {**ema,
+            optional["ahead"] = self._ahead.state_dict()
+        return {**optional,
             "step": self.step,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
